@@ -1,0 +1,1 @@
+//! TODO(core): detection backends (DNN default, Haar).

@@ -1,0 +1,22 @@
+//! `face_perception`: a ROS-free perception core for real-time face analysis.
+//!
+//! Data flows one way through one module per stage:
+//! raw image buffer -> [`frame`] -> [`detect`] (face boxes) -> [`classify`]
+//! (gender, emotion, age per face) -> [`track`] (stable ids, smoothing) ->
+//! [`render`] (annotated image) and [`saliency`] (guided back-propagation).
+//! [`pipeline`] composes the stages; [`manifest`] describes the models in
+//! `models/`; [`runtime`] loads ONNX Runtime once per process.
+//!
+//! Nothing here imports ROS: the ROS 2 node (`src/bin/face_perception_node`)
+//! is a thin layer over [`pipeline`].
+
+pub mod classify;
+pub mod config;
+pub mod detect;
+pub mod frame;
+pub mod manifest;
+pub mod pipeline;
+pub mod render;
+pub mod runtime;
+pub mod saliency;
+pub mod track;

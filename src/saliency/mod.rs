@@ -1,0 +1,1 @@
+//! TODO(saliency): see issue 5.
