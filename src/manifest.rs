@@ -87,6 +87,21 @@ pub struct Provenance {
     pub produced_by: String,
 }
 
+/// How a dense face detector's output maps become boxes (detectors only).
+///
+/// `models/README.md` gives the full decoding; these are its numbers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetectorDecode {
+    /// Input pixels per output-map cell.
+    pub stride: u32,
+    /// Network input height and width must each be a multiple of this.
+    pub input_multiple: u32,
+    /// Heatmap value above which a cell is a face centre.
+    pub score_threshold: f32,
+    /// Greedy non-maximum suppression drops a box whose IoU with a kept one reaches this.
+    pub nms_iou: f32,
+}
+
 /// One model of the manifest.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelEntry {
@@ -109,6 +124,9 @@ pub struct ModelEntry {
     pub labels: Vec<String>,
     /// Source, licence and conversion.
     pub provenance: Provenance,
+    /// Output decoding, for detectors.
+    #[serde(default)]
+    pub decode: Option<DetectorDecode>,
 }
 
 /// The whole manifest.
