@@ -9,6 +9,7 @@ pinned bytes ever reaches a converter.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,7 @@ from pathlib import Path
 TOOLS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TOOLS_DIR.parent
 MODELS_DIR = REPO_DIR / "models"
-CACHE_DIR = TOOLS_DIR / ".cache"
+CACHE_DIR = Path(os.environ.get("TOOLS_CACHE", TOOLS_DIR / ".cache"))
 WHEEL_DIR = CACHE_DIR / "wheels"
 
 
