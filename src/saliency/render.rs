@@ -1,0 +1,258 @@
+//! Saliency maps as images: per-face normalised maps and a frame-sized
+//! heat-map overlay.
+//!
+//! Normalisation follows the seed paper's code (Arriaga & Valdenegro-Toro
+//! 2017, `deprocess_image`): standardise, scale by 0.1, shift by 0.5, clip to
+//! `[0, 1]`, so that 0.5 means "no gradient" and the contrast is comparable
+//! across faces. Colour images' gradients are averaged over channels first.
+//! Grad-CAM maps are non-negative and are scaled by their maximum instead.
+//!
+//! Everything works on plain RGB8 / grey8 buffers, row-major, no padding.
+
+use super::{SaliencyError, SaliencyMethod};
+use ndarray::{Array2, ArrayView3};
+
+/// Added to the standard deviation so that a flat map does not divide by zero (seed value).
+const STD_EPSILON: f32 = 1e-5;
+/// Scale after standardising (seed value).
+const SEED_SCALE: f32 = 0.1;
+/// Shift after scaling (seed value): zero gradient maps to mid-grey.
+const SEED_SHIFT: f32 = 0.5;
+/// Brightness kept outside the faces in the overlay.
+const DIM_FACTOR: f32 = 0.35;
+/// Weight of the heat-map colour over the face.
+const HEAT_ALPHA: f32 = 0.55;
+
+/// An RGB8 image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `width * height * 3` bytes.
+    pub data: Vec<u8>,
+}
+
+/// A grey8 image, row-major, one byte per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GreyImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `width * height` bytes.
+    pub data: Vec<u8>,
+}
+
+/// The frame rectangle a face crop was taken from (the face box grown by the
+/// model's crop padding); it may reach beyond the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaceRegion {
+    /// Left edge, pixels.
+    pub x: i64,
+    /// Top edge, pixels.
+    pub y: i64,
+    /// Width, pixels (> 0).
+    pub width: usize,
+    /// Height, pixels (> 0).
+    pub height: usize,
+}
+
+/// How a normalised map's values are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapScale {
+    /// Seed normalisation of a signed gradient: 0.5 is no gradient.
+    Signed,
+    /// Non-negative map scaled to `[0, 1]` (Grad-CAM): 0 is nothing.
+    NonNegative,
+}
+
+/// One face's saliency, normalised to `[0, 1]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaliencyMap {
+    /// Values `[height, width]` in `[0, 1]`.
+    pub values: Array2<f32>,
+    /// How to read the values.
+    pub scale: MapScale,
+}
+
+impl RgbImage {
+    /// Wraps an RGB8 buffer, checking its length.
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self, SaliencyError> {
+        if data.len() != width * height * 3 {
+            return Err(SaliencyError::ImageBuffer {
+                reason: format!("{} bytes for a {width}x{height} RGB8 image", data.len()),
+            });
+        }
+        Ok(RgbImage {
+            width,
+            height,
+            data,
+        })
+    }
+}
+
+/// One face's normalised map from its gradient `[C, H, W]` (plain or
+/// guided; channels averaged) or Grad-CAM map `[1, H, W]`.
+pub fn map_from_gradient(gradient: ArrayView3<'_, f32>, method: SaliencyMethod) -> SaliencyMap {
+    let mean_over_channels = gradient
+        .mean_axis(ndarray::Axis(0))
+        .unwrap_or_else(|| Array2::zeros((0, 0)));
+    match method {
+        SaliencyMethod::Plain | SaliencyMethod::Guided => {
+            let n = mean_over_channels.len().max(1) as f32;
+            let mean = mean_over_channels.sum() / n;
+            let var = mean_over_channels
+                .iter()
+                .map(|v| (v - mean) * (v - mean))
+                .sum::<f32>()
+                / n;
+            let std = var.sqrt() + STD_EPSILON;
+            SaliencyMap {
+                values: mean_over_channels
+                    .mapv(|v| ((v - mean) / std * SEED_SCALE + SEED_SHIFT).clamp(0.0, 1.0)),
+                scale: MapScale::Signed,
+            }
+        }
+        SaliencyMethod::GradCam => {
+            let max = mean_over_channels.iter().copied().fold(0.0f32, f32::max);
+            let values = if max > 0.0 {
+                mean_over_channels.mapv(|v| (v / max).clamp(0.0, 1.0))
+            } else {
+                Array2::zeros(mean_over_channels.raw_dim())
+            };
+            SaliencyMap {
+                values,
+                scale: MapScale::NonNegative,
+            }
+        }
+    }
+}
+
+impl SaliencyMap {
+    /// Height and width.
+    pub fn dims(&self) -> (usize, usize) {
+        self.values.dim()
+    }
+
+    /// How strongly each pixel drove the decision, in `[0, 1]`: the distance
+    /// from mid-grey for signed maps, the value itself for Grad-CAM.
+    pub fn energy(&self) -> Array2<f32> {
+        match self.scale {
+            MapScale::Signed => self
+                .values
+                .mapv(|v| ((v - SEED_SHIFT).abs() * 2.0).min(1.0)),
+            MapScale::NonNegative => self.values.clone(),
+        }
+    }
+
+    /// The map resized (bilinear) to `width` x `height`.
+    pub fn resized(&self, width: usize, height: usize) -> SaliencyMap {
+        SaliencyMap {
+            values: resize_bilinear(&self.values, width, height),
+            scale: self.scale,
+        }
+    }
+
+    /// The map as a grey8 image at its own size.
+    pub fn to_grey(&self) -> GreyImage {
+        let (height, width) = self.dims();
+        GreyImage {
+            width,
+            height,
+            data: self.values.iter().map(|&v| unit_to_u8(v)).collect(),
+        }
+    }
+
+    /// The map resized to a face region, as a grey8 image (the raw per-face map).
+    pub fn grey_for_region(&self, region: &FaceRegion) -> GreyImage {
+        self.resized(region.width, region.height).to_grey()
+    }
+}
+
+fn unit_to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+/// Bilinear resize with half-pixel centres (as OpenCV's `INTER_LINEAR`).
+pub fn resize_bilinear(src: &Array2<f32>, width: usize, height: usize) -> Array2<f32> {
+    let (sh, sw) = src.dim();
+    if sh == 0 || sw == 0 || width == 0 || height == 0 {
+        return Array2::zeros((height, width));
+    }
+    let axis = |out: usize, size_out: usize, size_in: usize| -> (usize, usize, f32) {
+        let pos = ((out as f32 + 0.5) * size_in as f32 / size_out as f32 - 0.5).max(0.0);
+        let i0 = (pos.floor() as usize).min(size_in - 1);
+        let i1 = (i0 + 1).min(size_in - 1);
+        (i0, i1, pos - i0 as f32)
+    };
+    let cols: Vec<(usize, usize, f32)> = (0..width).map(|x| axis(x, width, sw)).collect();
+    Array2::from_shape_fn((height, width), |(y, x)| {
+        let (y0, y1, fy) = axis(y, height, sh);
+        let (x0, x1, fx) = cols[x];
+        let top = src[[y0, x0]] * (1.0 - fx) + src[[y0, x1]] * fx;
+        let bottom = src[[y1, x0]] * (1.0 - fx) + src[[y1, x1]] * fx;
+        top * (1.0 - fy) + bottom * fy
+    })
+}
+
+/// The jet colour map at `v` in `[0, 1]` (blue - cyan - yellow - red).
+pub fn jet(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let channel = |centre: f32| unit_to_u8((1.5 - (4.0 * v - centre).abs()).clamp(0.0, 1.0));
+    [channel(3.0), channel(2.0), channel(1.0)]
+}
+
+/// A frame-sized image: the frame dimmed, and over each face region its
+/// saliency energy as a jet heat map blended onto the face.
+pub fn overlay_heatmaps(
+    frame: &RgbImage,
+    faces: &[(FaceRegion, &SaliencyMap)],
+) -> Result<RgbImage, SaliencyError> {
+    if frame.data.len() != frame.width * frame.height * 3 {
+        return Err(SaliencyError::ImageBuffer {
+            reason: format!(
+                "{} bytes for a {}x{} RGB8 frame",
+                frame.data.len(),
+                frame.width,
+                frame.height
+            ),
+        });
+    }
+    let mut out: Vec<u8> = frame
+        .data
+        .iter()
+        .map(|&b| (f32::from(b) * DIM_FACTOR).round() as u8)
+        .collect();
+    for (region, map) in faces {
+        if region.width == 0 || region.height == 0 {
+            continue;
+        }
+        let energy = resize_bilinear(&map.energy(), region.width, region.height);
+        for ry in 0..region.height {
+            let fy = region.y + ry as i64;
+            if fy < 0 || fy >= frame.height as i64 {
+                continue;
+            }
+            for rx in 0..region.width {
+                let fx = region.x + rx as i64;
+                if fx < 0 || fx >= frame.width as i64 {
+                    continue;
+                }
+                let i = (fy as usize * frame.width + fx as usize) * 3;
+                let colour = jet(energy[[ry, rx]]);
+                for c in 0..3 {
+                    let blended = (1.0 - HEAT_ALPHA) * f32::from(frame.data[i + c])
+                        + HEAT_ALPHA * f32::from(colour[c]);
+                    out[i + c] = blended.round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+    }
+    Ok(RgbImage {
+        width: frame.width,
+        height: frame.height,
+        data: out,
+    })
+}
