@@ -10,7 +10,8 @@ for the Rust implementation. All maps are at stride 4 of the network input:
 * `landmarks` [N,10,h,w]: five points as (y, x) pairs, relative to the box's
   top-left corner in units of the box's height (y) and width (x).
 
-Every cell above the score threshold gives one box, then greedy NMS at IoU
+Run `python tools/centerface_decode.py PHOTO [THRESHOLD]` to print the faces
+of a photo. Every cell above the score threshold gives one box, then greedy NMS at IoU
 0.3 keeps the best-scoring ones. Coordinates come out in network-input pixels;
 divide by the resize factors to get source-image pixels.
 """
@@ -93,3 +94,35 @@ def decode(
         if all(iou(d, k) < NMS_IOU for k in kept):
             kept.append(d)
     return kept
+
+
+def detect(image_path: str, threshold: float = DEFAULT_SCORE_THRESHOLD) -> list[Detection]:
+    """Faces in one photo, in photo pixels: resize to multiples of 32, run, decode, scale back."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from sources import MODELS_DIR
+
+    image = Image.open(image_path).convert("RGB")
+    net_w, net_h = network_size(image.width, image.height)
+    resized = image if image.size == (net_w, net_h) else image.resize((net_w, net_h), Image.BILINEAR)
+    x = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)[None]
+    session = ort.InferenceSession(str(MODELS_DIR / "centerface.onnx"), providers=["CPUExecutionProvider"])
+    found = decode(*session.run(None, {"input": x}), (net_w, net_h), threshold)
+    sx, sy = net_w / image.width, net_h / image.height
+    return [
+        Detection(d.x1 / sx, d.y1 / sy, d.x2 / sx, d.y2 / sy, d.score,
+                  [(px / sx, py / sy) for px, py in d.landmarks])
+        for d in found
+    ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: centerface_decode.py PHOTO [THRESHOLD]")
+    for face in detect(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_SCORE_THRESHOLD):
+        box = ", ".join(f"{v:.2f}" for v in (face.x1, face.y1, face.x2, face.y2))
+        marks = " ".join(f"({x:.1f}, {y:.1f})" for x, y in face.landmarks)
+        print(f"box [{box}] score {face.score:.4f} landmarks {marks}")
