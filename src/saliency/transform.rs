@@ -594,16 +594,13 @@ fn backward_node(
             Ok(vec![(0, b.reshape_like(g, &x))])
         }
         "Relu" => {
-            let zero_f = b.f32s(&[], &[0.0]);
-            let positive = b.op("Greater", &[&y, &zero_f], zero());
+            // The ReLU output is >= 0, so its sign is exactly the 0/1 mask of x > 0.
+            let mask = b.op("Sign", &[&y], zero());
             let passed = match ctx.method {
                 SaliencyMethod::Guided => b.op("Relu", &[g], zero()),
                 SaliencyMethod::Plain | SaliencyMethod::GradCam => g.to_string(),
             };
-            Ok(vec![(
-                0,
-                b.op("Where", &[&positive, &passed, &zero_f], zero()),
-            )])
+            Ok(vec![(0, b.op("Mul", &[&passed, &mask], zero()))])
         }
         "Conv" => {
             only_first(node)?;
@@ -651,37 +648,13 @@ fn backward_node(
             if attr_int(node, "storage_order", 0) != 0 {
                 return Err(unsupported_attr(node, "storage_order=1"));
             }
-            Window::new(node, kernel, ctx.dims(&x)?, ctx.dims(&y)?)?;
-            let indices = match node.output.get(1).filter(|s| !s.is_empty()) {
-                Some(i) => i.clone(),
-                None => {
-                    let i = b.fresh("maxpool_indices");
-                    node.output.truncate(1);
-                    node.output.push(i.clone());
-                    i
-                }
-            };
-            let size = b.op("Size", &[&x], zero());
-            let one = b.i64s(&[1], &[1]);
-            let flat_len = b.op("Reshape", &[&size, &one], zero());
-            let zeros = b.op(
-                "ConstantOfShape",
-                &[&flat_len],
-                vec![AttributeProto::tensor(
-                    "value",
-                    TensorProto::from_f32("", &[1], &[0.0]),
-                )],
-            );
-            let minus_one = b.i64s(&[1], &[-1]);
-            let flat_idx = b.op("Reshape", &[&indices, &minus_one], zero());
-            let flat_g = b.op("Reshape", &[g, &minus_one], zero());
-            // Overlapping windows can pick the same input twice: accumulate.
-            let attrs = vec![
-                AttributeProto::int("axis", 0),
-                AttributeProto::string("reduction", "add"),
-            ];
-            let scattered = b.op("ScatterElements", &[&zeros, &flat_idx, &flat_g], attrs);
-            Ok(vec![(0, b.reshape_like(&scattered, &x))])
+            let in_dims = ctx.dims(&x)?.to_vec();
+            let out_dims = ctx.dims(&y)?.to_vec();
+            let window = Window::new(node, kernel, &in_dims, &out_dims)?;
+            Ok(vec![(
+                0,
+                max_pool_input_gradient(&x, g, &window, &in_dims, &out_dims, b),
+            )])
         }
         "AveragePool" => {
             only_first(node)?;
@@ -850,6 +823,30 @@ fn backward_node(
             let alpha = attr_float(node, "alpha", 1.0);
             let trans_a = attr_int(node, "transA", 0) != 0;
             let trans_b = attr_int(node, "transB", 0) != 0;
+            let constant = ctx
+                .constants
+                .get(&w)
+                .and_then(|t| t.to_f32().map(|v| (t.dims.clone(), v)));
+            if let (false, Some((dims, values))) = (trans_a, constant) {
+                if let [rows, cols] = dims[..] {
+                    // dL/dA = alpha g B'^T, with B'^T stored ready-made (ORT's
+                    // Gemm with transB re-packs the matrix on every run).
+                    let b_prime_t = if trans_b {
+                        b.f32s(&[rows, cols], &values)
+                    } else {
+                        b.f32s(
+                            &[cols, rows],
+                            &transposed(&values, rows as usize, cols as usize),
+                        )
+                    };
+                    let product = b.op("MatMul", &[g, &b_prime_t], zero());
+                    if alpha == 1.0 {
+                        return Ok(vec![(0, product)]);
+                    }
+                    let alpha = b.f32s(&[], &[alpha]);
+                    return Ok(vec![(0, b.op("Mul", &[&product, &alpha], zero()))]);
+                }
+            }
             // dL/dA' = alpha g B'^T; with transA, dL/dA = (dL/dA')^T = alpha B' g^T.
             let attrs = if trans_a {
                 vec![
@@ -948,6 +945,103 @@ fn backward_node(
             node: node_label(node),
         }),
     }
+}
+
+/// A row-major `rows x cols` matrix transposed.
+fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Gradient of a max pool with respect to its input, without the pool's
+/// `Indices` output (whose ONNX Runtime kernel is single-threaded and slow):
+/// every window is unfolded into `K = prod(kernel)` channels by a convolution
+/// with one-hot kernels (padding with the lowest float, as max pooling pads
+/// with minus infinity), `ArgMax` picks the winner of each window, the
+/// gradient goes to that channel only, and the transposed one-hot convolution
+/// folds the windows back, summing where they overlap.
+fn max_pool_input_gradient(
+    x: &str,
+    g: &str,
+    window: &Window,
+    in_dims: &[i64],
+    out_dims: &[i64],
+    b: &mut Builder,
+) -> String {
+    let r = window.kernel.len();
+    let k: i64 = window.kernel.iter().product();
+    let mut one_hot_dims = vec![k, 1];
+    one_hot_dims.extend_from_slice(&window.kernel);
+    let mut one_hot = vec![0.0f32; (k * k) as usize];
+    for t in 0..k as usize {
+        one_hot[t * k as usize + t] = 1.0;
+    }
+    let one_hot = b.f32s(&one_hot_dims, &one_hot);
+
+    let mut planes_shape = vec![-1i64, 1];
+    planes_shape.extend_from_slice(&in_dims[2..]);
+    let planes_shape = b.i64s(&[r as i64 + 2], &planes_shape);
+    let planes = b.op("Reshape", &[x, &planes_shape], vec![]);
+    let pads_end: Vec<i64> = (0..r)
+        .map(|a| {
+            ((out_dims[a + 2] - 1) * window.strides[a] + window.extent(a)
+                - window.pads_begin[a]
+                - in_dims[a + 2])
+                .max(0)
+        })
+        .collect();
+    let padded = if window.pads_begin.iter().chain(&pads_end).any(|&p| p > 0) {
+        let mut pads = vec![0i64; 2 * (r + 2)];
+        for a in 0..r {
+            pads[a + 2] = window.pads_begin[a];
+            pads[r + 2 + a + 2] = pads_end[a];
+        }
+        let pads = b.i64s(&[pads.len() as i64], &pads);
+        let lowest = b.f32s(&[], &[f32::MIN]);
+        b.op("Pad", &[&planes, &pads, &lowest], vec![])
+    } else {
+        planes
+    };
+    let unfold_attrs = vec![
+        AttributeProto::ints("kernel_shape", &window.kernel),
+        AttributeProto::ints("strides", &window.strides),
+        AttributeProto::ints("dilations", &window.dilations),
+    ];
+    let patches = b.op("Conv", &[&padded, &one_hot], unfold_attrs);
+    let winner = b.op(
+        "ArgMax",
+        &[&patches],
+        vec![
+            AttributeProto::int("axis", 1),
+            AttributeProto::int("keepdims", 1),
+        ],
+    );
+    let mut range_dims = vec![1i64, k];
+    range_dims.extend(std::iter::repeat_n(1, r));
+    let range: Vec<i64> = (0..k).collect();
+    let range = b.i64s(&range_dims, &range);
+    let is_winner = b.op("Equal", &[&winner, &range], vec![]);
+    let mask = b.op(
+        "Cast",
+        &[&is_winner],
+        vec![AttributeProto::int("to", i64::from(DT_FLOAT))],
+    );
+    let mut g_planes_shape = vec![-1i64, 1];
+    g_planes_shape.extend_from_slice(&out_dims[2..]);
+    let g_planes_shape = b.i64s(&[r as i64 + 2], &g_planes_shape);
+    let g_planes = b.op("Reshape", &[g, &g_planes_shape], vec![]);
+    let columns = b.op("Mul", &[&mask, &g_planes], vec![]);
+    let folded = b.op(
+        "ConvTranspose",
+        &[&columns, &one_hot],
+        window.conv_transpose_attrs(1),
+    );
+    b.reshape_like(&folded, x)
 }
 
 /// Gradient of a convolution with respect to its input: for stride 1 and

@@ -1,0 +1,110 @@
+//! Saliency for one frame's faces: 5 faces through both classifiers'
+//! guided-backprop graphs (one call per classifier), as the node does it.
+//! Target (issue 5): at most 4 ms median on the 2-core reference machine.
+//!
+//! Inputs are the golden face crops of `tests/fixtures/models/golden`; the
+//! bench skips with a message when the models, fixtures or ONNX Runtime are
+//! missing. `SALIENCY_BENCH_THREADS` sets the intra-op threads (default 2).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use face_perception::manifest::Manifest;
+use face_perception::saliency::{GradientModel, SaliencyMethod};
+use ndarray::{s, Array4};
+use std::path::PathBuf;
+
+/// Faces per frame in the bench.
+const FACES: usize = 5;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn golden_faces(name: &str, faces: usize) -> Option<Array4<f32>> {
+    let dir = repo().join("tests/fixtures/models/golden");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?)
+            .ok()?;
+    let input = &json["input"];
+    let shape: Vec<usize> = input["shape"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .map(|v| v as usize)
+        .collect();
+    let bytes = std::fs::read(dir.join(input["file"].as_str()?)).ok()?;
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let [n, c, h, w] = shape[..] else { return None };
+    let all = Array4::from_shape_vec((n, c, h, w), values).ok()?;
+    // Repeat crops if the fixture has fewer than `faces`.
+    Some(Array4::from_shape_fn((faces, c, h, w), |(i, ci, y, x)| {
+        all[[i % n, ci, y, x]]
+    }))
+}
+
+fn load(
+    name: &str,
+    method: SaliencyMethod,
+    threads: usize,
+) -> Option<(GradientModel, Array4<f32>)> {
+    let manifest = Manifest::load(&repo().join("models")).ok()?;
+    let entry = manifest.entry(name).ok()?;
+    let bytes = manifest.read_verified(entry).ok()?;
+    let model = match GradientModel::new(&bytes, None, method, threads) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipping saliency bench: {e}");
+            return None;
+        }
+    };
+    Some((model, golden_faces(name, FACES)?))
+}
+
+fn bench_saliency(c: &mut Criterion) {
+    let threads = std::env::var("SALIENCY_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for method in [SaliencyMethod::Guided, SaliencyMethod::GradCam] {
+        let (Some((mut emotion, emotion_faces)), Some((mut gender, gender_faces))) = (
+            load("emotion", method, threads),
+            load("gender", method, threads),
+        ) else {
+            eprintln!("skipping saliency bench: models or golden fixtures missing");
+            return;
+        };
+        c.bench_function(
+            &format!("saliency_{method}_5_faces_emotion_and_gender"),
+            |b| {
+                b.iter(|| {
+                    let e = emotion
+                        .gradients(emotion_faces.view(), None)
+                        .expect("emotion saliency");
+                    let g = gender
+                        .gradients(gender_faces.view(), None)
+                        .expect("gender saliency");
+                    (e, g)
+                })
+            },
+        );
+        c.bench_function(&format!("saliency_{method}_5_faces_emotion"), |b| {
+            b.iter(|| {
+                emotion
+                    .gradients(emotion_faces.view(), None)
+                    .expect("emotion saliency")
+            })
+        });
+        c.bench_function(&format!("saliency_{method}_5_faces_gender"), |b| {
+            b.iter(|| {
+                gender
+                    .gradients(gender_faces.slice(s![.., .., .., ..]), None)
+                    .expect("gender saliency")
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench_saliency);
+criterion_main!(benches);
