@@ -20,8 +20,10 @@ const SEED_SCALE: f32 = 0.1;
 const SEED_SHIFT: f32 = 0.5;
 /// Brightness kept outside the faces in the overlay.
 const DIM_FACTOR: f32 = 0.35;
-/// Weight of the heat-map colour over the face.
-const HEAT_ALPHA: f32 = 0.55;
+/// Weight of the heat-map colour over the face where the energy is 0 ...
+const HEAT_ALPHA_MIN: f32 = 0.2;
+/// ... and where it is 1: the face stays readable under low saliency.
+const HEAT_ALPHA_MAX: f32 = 0.8;
 
 /// An RGB8 image, row-major, 3 bytes per pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +207,8 @@ pub fn jet(v: f32) -> [u8; 3] {
 }
 
 /// A frame-sized image: the frame dimmed, and over each face region its
-/// saliency energy as a jet heat map blended onto the face.
+/// saliency energy as a jet heat map blended onto the face, more opaque
+/// where the energy is higher.
 pub fn overlay_heatmaps(
     frame: &RgbImage,
     faces: &[(FaceRegion, &SaliencyMap)],
@@ -241,10 +244,12 @@ pub fn overlay_heatmaps(
                     continue;
                 }
                 let i = (fy as usize * frame.width + fx as usize) * 3;
-                let colour = jet(energy[[ry, rx]]);
+                let e = energy[[ry, rx]].clamp(0.0, 1.0);
+                let colour = jet(e);
+                let alpha = HEAT_ALPHA_MIN + (HEAT_ALPHA_MAX - HEAT_ALPHA_MIN) * e;
                 for c in 0..3 {
-                    let blended = (1.0 - HEAT_ALPHA) * f32::from(frame.data[i + c])
-                        + HEAT_ALPHA * f32::from(colour[c]);
+                    let blended =
+                        (1.0 - alpha) * f32::from(frame.data[i + c]) + alpha * f32::from(colour[c]);
                     out[i + c] = blended.round().clamp(0.0, 255.0) as u8;
                 }
             }
