@@ -88,8 +88,9 @@ def photos() -> dict[str, tuple[np.ndarray, dict]]:
         }),
         "grace_hopper": (hopper, {
             "subject": "Rear Admiral Grace Hopper, official US Navy portrait",
-            "source": "matplotlib, mpl-data/sample_data/grace_hopper.jpg",
-            "licence": "public domain (work of the US federal government)",
+            "source": "matplotlib 3.11.2, mpl-data/sample_data/grace_hopper.jpg",
+            "licence": "public domain: official US Navy portrait, a work of the US federal "
+                       "government (matplotlib ships it without a licence note of its own)",
         }),
     }
     found["group"] = (group_photo([astronaut, camera, hopper]), {
