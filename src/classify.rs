@@ -1,1 +1,748 @@
-//! TODO(core): see issue 4.
+//! Per-face classification: gender, emotion and age, each model with its own
+//! preprocessing from `models/manifest.toml`.
+//!
+//! For every face the model's chip is cut from the frame by one affine warp:
+//! a square around the face box, grown by the manifest's `crop_padding` on
+//! each side, turned upright when the detector gave eye landmarks
+//! ([`ClassifierConfig::align_faces`](crate::config::ClassifierConfig)),
+//! resized to the model's input size (area-averaged first when the face is
+//! much larger than the chip, so small chips do not alias), then converted to
+//! grey or kept RGB and normalised. All faces of a frame go to the model in
+//! one batch: one ONNX Runtime call per model and frame. The batch tensor is
+//! allocated once for `max_faces` faces and kept, so saliency can reuse the
+//! exact inputs of the last call ([`Classifier::last_batch`]).
+
+use crate::detect::{Detection, Normalization};
+use crate::frame::Frame;
+use crate::manifest::{ModelEntry, Task};
+use ndarray::{s, Array4, ArrayView4};
+use opencv::core::{Mat, Rect, Scalar, Size, BORDER_CONSTANT};
+use opencv::imgproc;
+use opencv::prelude::*;
+use ort::session::Session;
+use ort::value::TensorRef;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// When a face region is more than this many frame pixels per chip pixel, it
+/// is area-averaged down before the warp (bilinear sampling alone would alias).
+const MAX_BILINEAR_SHRINK: f32 = 1.5;
+/// Output `kind` of a probability output in the manifest.
+const KIND_PROBABILITIES: &str = "probabilities";
+
+/// Class probabilities of one face for one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classification {
+    /// Class labels, in model output order (shared by all faces).
+    pub labels: Arc<[String]>,
+    /// One probability per label, summing to 1.
+    pub probabilities: Vec<f32>,
+    /// Index of the most probable class.
+    pub top: usize,
+}
+
+impl Classification {
+    /// A classification from probabilities (`labels.len()` values).
+    pub fn from_probabilities(labels: Arc<[String]>, probabilities: Vec<f32>) -> Self {
+        let top = argmax(&probabilities);
+        Self {
+            labels,
+            probabilities,
+            top,
+        }
+    }
+
+    /// The most probable label.
+    pub fn label(&self) -> &str {
+        self.labels.get(self.top).map(String::as_str).unwrap_or("")
+    }
+
+    /// Probability of the most probable label.
+    pub fn confidence(&self) -> f32 {
+        self.probabilities.get(self.top).copied().unwrap_or(0.0)
+    }
+
+    /// Probability of `label`, if it is one of the labels.
+    pub fn probability_of(&self, label: &str) -> Option<f32> {
+        self.labels
+            .iter()
+            .position(|l| l == label)
+            .and_then(|i| self.probabilities.get(i).copied())
+    }
+
+    /// Replaces the probabilities (e.g. with smoothed ones) and recomputes the top class.
+    pub fn set_probabilities(&mut self, probabilities: &[f32]) {
+        self.probabilities.clear();
+        self.probabilities.extend_from_slice(probabilities);
+        self.top = argmax(&self.probabilities);
+    }
+}
+
+/// An age estimate: the expectation over the model's age bins.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgeEstimate {
+    /// Expected age in years.
+    pub years: f32,
+    /// Standard deviation of the age distribution, in years.
+    pub stddev: f32,
+}
+
+impl AgeEstimate {
+    /// The estimate from bin probabilities and bin ages (same length).
+    pub fn from_distribution(probabilities: &[f32], bin_years: &[f32]) -> Self {
+        let total: f32 = probabilities.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+        let mean = probabilities
+            .iter()
+            .zip(bin_years)
+            .map(|(p, y)| p * y)
+            .sum::<f32>()
+            / total;
+        let variance = probabilities
+            .iter()
+            .zip(bin_years)
+            .map(|(p, y)| p * (y - mean) * (y - mean))
+            .sum::<f32>()
+            / total;
+        Self {
+            years: mean,
+            stddev: variance.max(0.0).sqrt(),
+        }
+    }
+}
+
+/// Which classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifierTask {
+    /// Gender, labels female/male.
+    Gender,
+    /// Emotion, seven FER-2013 classes.
+    Emotion,
+    /// Age, bins of years.
+    Age,
+}
+
+impl ClassifierTask {
+    /// The manifest entry name of this task's model.
+    pub fn model_name(self) -> &'static str {
+        match self {
+            Self::Gender => "gender",
+            Self::Emotion => "emotion",
+            Self::Age => "age",
+        }
+    }
+
+    /// The manifest task.
+    pub fn manifest_task(self) -> Task {
+        match self {
+            Self::Gender => Task::Gender,
+            Self::Emotion => Task::Emotion,
+            Self::Age => Task::Age,
+        }
+    }
+}
+
+/// Why classification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    /// The model does not match its manifest entry.
+    #[error("{task:?} model {model}: {reason}")]
+    ModelMismatch {
+        /// Which classifier.
+        task: ClassifierTask,
+        /// Model file.
+        model: String,
+        /// What differs.
+        reason: String,
+    },
+    /// ONNX Runtime failed while running the model.
+    #[error("{task:?} inference failed: {reason}")]
+    Inference {
+        /// Which classifier.
+        task: ClassifierTask,
+        /// What ort reported.
+        reason: String,
+    },
+    /// An OpenCV call failed while cutting a face chip.
+    #[error("OpenCV failed while preparing a face: {0}")]
+    OpenCv(String),
+}
+
+impl From<opencv::Error> for ClassifyError {
+    fn from(e: opencv::Error) -> Self {
+        Self::OpenCv(e.to_string())
+    }
+}
+
+/// A 2 x 3 affine map `[a, b, tx; c, d, ty]` taking `(x, y, 1)` to a new point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Affine(pub [[f32; 3]; 2]);
+
+impl Affine {
+    /// Applies the map to a point.
+    pub fn apply(&self, x: f32, y: f32) -> (f32, f32) {
+        let m = &self.0;
+        (
+            m[0][0] * x + m[0][1] * y + m[0][2],
+            m[1][0] * x + m[1][1] * y + m[1][2],
+        )
+    }
+
+    /// `self` after `first`: the map `p -> self(first(p))`.
+    pub fn after(&self, first: &Affine) -> Affine {
+        let (a, b) = (&self.0, &first.0);
+        let mut m = [[0.0; 3]; 2];
+        for (r, row) in m.iter_mut().enumerate() {
+            for (c, value) in row.iter_mut().enumerate() {
+                *value = a[r][0] * b[0][c] + a[r][1] * b[1][c] + if c == 2 { a[r][2] } else { 0.0 };
+            }
+        }
+        Affine(m)
+    }
+
+    fn to_mat(self) -> opencv::Result<Mat> {
+        let rows: Vec<Vec<f64>> = self
+            .0
+            .iter()
+            .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+            .collect();
+        Mat::from_slice_2d(&rows)
+    }
+}
+
+/// Where one face's chip came from: chip pixel centres to frame pixel centres.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FaceChip {
+    /// Maps chip pixel coordinates to frame pixel coordinates.
+    pub chip_to_frame: Affine,
+}
+
+/// The geometry of a face chip: `chip_w` x `chip_h` pixels covering a square
+/// around the face box grown by `padding` on each side, rotated by the eye
+/// line when `align` is set and landmarks exist.
+pub fn chip_geometry(
+    detection: &Detection,
+    chip_w: usize,
+    chip_h: usize,
+    padding: f32,
+    align: bool,
+) -> FaceChip {
+    let b = &detection.bbox;
+    let centre = b.centre();
+    let side = b.width.max(b.height) * (1.0 + 2.0 * padding);
+    let region_w = side;
+    let region_h = side * chip_h as f32 / chip_w.max(1) as f32;
+    let angle = match (&detection.landmarks, align) {
+        (Some(l), true) => l.roll(),
+        _ => 0.0,
+    };
+    let (sin, cos) = angle.sin_cos();
+    let sx = region_w / chip_w.max(1) as f32;
+    let sy = region_h / chip_h.max(1) as f32;
+    // Chip pixel centre u sits at (u + 0.5) * sx - region_w / 2 from the
+    // region centre along the rotated axes; frame pixel centres are at
+    // integer coordinates, hence the final -0.5.
+    let ox = 0.5 * sx - region_w / 2.0;
+    let oy = 0.5 * sy - region_h / 2.0;
+    let chip_to_frame = Affine([
+        [cos * sx, -sin * sy, centre.x + cos * ox - sin * oy - 0.5],
+        [sin * sx, cos * sy, centre.y + sin * ox + cos * oy - 0.5],
+    ]);
+    FaceChip { chip_to_frame }
+}
+
+/// One classifier: its session, its manifest-derived preprocessing and its buffers.
+pub struct Classifier {
+    task: ClassifierTask,
+    session: Session,
+    model: String,
+    input_name: String,
+    output_name: String,
+    /// Whether the output is already probabilities (else softmax is applied).
+    output_is_probability: bool,
+    labels: Arc<[String]>,
+    norm: Normalization,
+    chip_w: usize,
+    chip_h: usize,
+    padding: f32,
+    batch: Array4<f32>,
+    batch_len: usize,
+    chips: Vec<FaceChip>,
+    chip: Mat,
+    shrunk: Mat,
+}
+
+fn mismatch(task: ClassifierTask, entry: &ModelEntry, reason: impl Into<String>) -> ClassifyError {
+    ClassifyError::ModelMismatch {
+        task,
+        model: entry.file.clone(),
+        reason: reason.into(),
+    }
+}
+
+impl Classifier {
+    /// Wraps a session of the manifest entry for `task`, checking the entry
+    /// against the model, with a batch preallocated for `capacity` faces.
+    pub fn new(
+        task: ClassifierTask,
+        session: Session,
+        entry: &ModelEntry,
+        capacity: usize,
+    ) -> Result<Self, ClassifyError> {
+        if entry.task != task.manifest_task() {
+            return Err(mismatch(
+                task,
+                entry,
+                format!("manifest task is {:?}", entry.task),
+            ));
+        }
+        let norm = Normalization::from_entry(entry).map_err(|r| mismatch(task, entry, r))?;
+        if entry.input.layout != "NCHW" {
+            return Err(mismatch(
+                task,
+                entry,
+                format!("layout {} is not supported (NCHW only)", entry.input.layout),
+            ));
+        }
+        let shape = &entry.input.shape;
+        let (channels, chip_h, chip_w) = match shape.as_slice() {
+            &[_, c, h, w] if c > 0 && h > 0 && w > 0 => (c as usize, h as usize, w as usize),
+            _ => {
+                return Err(mismatch(
+                    task,
+                    entry,
+                    format!("input shape {shape:?} is not N x C x H x W with fixed C, H, W"),
+                ))
+            }
+        };
+        if channels != norm.channels() {
+            return Err(mismatch(
+                task,
+                entry,
+                format!(
+                    "{channels} input channels but colour {:?}",
+                    entry.input.color
+                ),
+            ));
+        }
+        if !session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == entry.input.name)
+        {
+            return Err(mismatch(
+                task,
+                entry,
+                format!("no input named {:?}", entry.input.name),
+            ));
+        }
+        let output = entry
+            .outputs
+            .iter()
+            .find(|o| o.kind == KIND_PROBABILITIES)
+            .or_else(|| entry.outputs.first())
+            .ok_or_else(|| mismatch(task, entry, "no outputs listed"))?;
+        if !session.outputs().iter().any(|o| o.name() == output.name) {
+            return Err(mismatch(
+                task,
+                entry,
+                format!("no output named {:?}", output.name),
+            ));
+        }
+        if entry.labels.is_empty() {
+            return Err(mismatch(task, entry, "no labels"));
+        }
+        if !(0.0..=2.0).contains(&entry.preprocess.crop_padding) {
+            return Err(mismatch(
+                task,
+                entry,
+                format!(
+                    "crop_padding {} out of range",
+                    entry.preprocess.crop_padding
+                ),
+            ));
+        }
+        let capacity = capacity.max(1);
+        Ok(Self {
+            task,
+            session,
+            model: entry.file.clone(),
+            input_name: entry.input.name.clone(),
+            output_name: output.name.clone(),
+            output_is_probability: output.kind == KIND_PROBABILITIES,
+            labels: entry.labels.iter().cloned().collect(),
+            norm,
+            chip_w,
+            chip_h,
+            padding: entry.preprocess.crop_padding,
+            batch: Array4::zeros((capacity, channels, chip_h, chip_w)),
+            batch_len: 0,
+            chips: Vec::with_capacity(capacity),
+            chip: Mat::default(),
+            shrunk: Mat::default(),
+        })
+    }
+
+    /// Which classifier this is.
+    pub fn task(&self) -> ClassifierTask {
+        self.task
+    }
+
+    /// Class labels in output order.
+    pub fn labels(&self) -> &Arc<[String]> {
+        &self.labels
+    }
+
+    /// Input chip size, (width, height).
+    pub fn chip_size(&self) -> (usize, usize) {
+        (self.chip_w, self.chip_h)
+    }
+
+    /// The model file name.
+    pub fn model_file(&self) -> &str {
+        &self.model
+    }
+
+    /// Grows the preallocated batch to hold `capacity` faces (never shrinks).
+    pub fn reserve(&mut self, capacity: usize) {
+        let (n, c, h, w) = self.batch.dim();
+        if capacity > n {
+            self.batch = Array4::zeros((capacity, c, h, w));
+        }
+    }
+
+    /// The normalised input batch of the last call, one chip per face
+    /// (N x C x H x W, N = number of faces).
+    pub fn last_batch(&self) -> ArrayView4<'_, f32> {
+        self.batch.slice(s![..self.batch_len, .., .., ..])
+    }
+
+    /// Where each chip of the last batch came from.
+    pub fn last_chips(&self) -> &[FaceChip] {
+        &self.chips
+    }
+
+    /// Cuts, normalises and batches the chips of all `faces`.
+    pub fn prepare(
+        &mut self,
+        frame: &Frame,
+        faces: &[Detection],
+        align: bool,
+    ) -> Result<(), ClassifyError> {
+        self.reserve(faces.len());
+        self.chips.clear();
+        self.batch_len = 0;
+        if faces.is_empty() || frame.is_empty() {
+            return Ok(());
+        }
+        let source = frame.as_mat()?;
+        let plane = self.chip_w * self.chip_h;
+        for (i, face) in faces.iter().enumerate() {
+            let chip = chip_geometry(face, self.chip_w, self.chip_h, self.padding, align);
+            self.cut_chip(&source, frame, &chip)?;
+            let slot = self.batch.slice_mut(s![i, .., .., ..]);
+            let values = slot
+                .into_slice()
+                .ok_or_else(|| ClassifyError::OpenCv("batch is not contiguous".into()))?;
+            self.norm.fill_planes(
+                self.chip.data_bytes()?,
+                self.chip_w,
+                values,
+                plane,
+                self.chip_w,
+            );
+            self.chips.push(chip);
+        }
+        self.batch_len = faces.len();
+        Ok(())
+    }
+
+    /// Warps one chip out of the frame into `self.chip` (RGB8, chip size).
+    fn cut_chip(
+        &mut self,
+        source: &impl opencv::core::ToInputArray,
+        frame: &Frame,
+        chip: &FaceChip,
+    ) -> Result<(), ClassifyError> {
+        let m = &chip.chip_to_frame.0;
+        let shrink = (m[0][0] * m[0][0] + m[1][0] * m[1][0]).sqrt();
+        let size = Size::new(self.chip_w as i32, self.chip_h as i32);
+        let flags = imgproc::INTER_LINEAR | imgproc::WARP_INVERSE_MAP;
+        let black = Scalar::all(0.0);
+        if shrink <= MAX_BILINEAR_SHRINK {
+            imgproc::warp_affine(
+                source,
+                &mut self.chip,
+                &chip.chip_to_frame.to_mat()?,
+                size,
+                flags,
+                BORDER_CONSTANT,
+                black,
+            )?;
+            return Ok(());
+        }
+        // Area-average the region's bounding rectangle down to about one frame
+        // pixel per chip pixel, then warp from that smaller image.
+        let corners = [
+            (0.0, 0.0),
+            (self.chip_w as f32, 0.0),
+            (0.0, self.chip_h as f32),
+            (self.chip_w as f32, self.chip_h as f32),
+        ]
+        .map(|(u, v)| chip.chip_to_frame.apply(u - 0.5, v - 0.5));
+        let (fw, fh) = (frame.width() as f32, frame.height() as f32);
+        let x0 = corners
+            .iter()
+            .map(|c| c.0)
+            .fold(f32::INFINITY, f32::min)
+            .floor()
+            .clamp(0.0, fw);
+        let y0 = corners
+            .iter()
+            .map(|c| c.1)
+            .fold(f32::INFINITY, f32::min)
+            .floor()
+            .clamp(0.0, fh);
+        let x1 = corners
+            .iter()
+            .map(|c| c.0)
+            .fold(f32::NEG_INFINITY, f32::max)
+            .ceil()
+            .clamp(0.0, fw);
+        let y1 = corners
+            .iter()
+            .map(|c| c.1)
+            .fold(f32::NEG_INFINITY, f32::max)
+            .ceil()
+            .clamp(0.0, fh);
+        let (rw, rh) = ((x1 - x0) as i32, (y1 - y0) as i32);
+        if rw <= 0 || rh <= 0 {
+            // Entirely outside the frame: a black chip.
+            self.chip = Mat::new_rows_cols_with_default(
+                size.height,
+                size.width,
+                opencv::core::CV_8UC3,
+                black,
+            )?;
+            return Ok(());
+        }
+        let frame_mat = frame.as_mat()?;
+        let roi = Mat::roi(&frame_mat, Rect::new(x0 as i32, y0 as i32, rw, rh))?;
+        let small_w = ((rw as f32 / shrink).round() as i32).max(1);
+        let small_h = ((rh as f32 / shrink).round() as i32).max(1);
+        imgproc::resize(
+            &roi,
+            &mut self.shrunk,
+            Size::new(small_w, small_h),
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
+        )?;
+        // Frame pixel centre x maps to small pixel centre (x - x0 + 0.5) * k - 0.5.
+        let (kx, ky) = (small_w as f32 / rw as f32, small_h as f32 / rh as f32);
+        let frame_to_small = Affine([
+            [kx, 0.0, (0.5 - x0) * kx - 0.5],
+            [0.0, ky, (0.5 - y0) * ky - 0.5],
+        ]);
+        let chip_to_small = frame_to_small.after(&chip.chip_to_frame);
+        imgproc::warp_affine(
+            &self.shrunk,
+            &mut self.chip,
+            &chip_to_small.to_mat()?,
+            size,
+            flags,
+            BORDER_CONSTANT,
+            black,
+        )?;
+        Ok(())
+    }
+
+    /// Runs the model on the prepared batch; one probability vector per face.
+    pub fn run(&mut self) -> Result<Vec<Classification>, ClassifyError> {
+        let n = self.batch_len;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let task = self.task;
+        let inference = |e: ort::Error| ClassifyError::Inference {
+            task,
+            reason: e.to_string(),
+        };
+        let input =
+            TensorRef::from_array_view(self.batch.slice(s![..n, .., .., ..])).map_err(inference)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(inference)?;
+        let value =
+            outputs
+                .get(self.output_name.as_str())
+                .ok_or_else(|| ClassifyError::Inference {
+                    task,
+                    reason: format!("output {:?} missing", self.output_name),
+                })?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(inference)?;
+        let classes = self.labels.len();
+        if shape.len() != 2 || shape[0] as usize != n || shape[1] as usize != classes {
+            return Err(ClassifyError::ModelMismatch {
+                task,
+                model: self.model.clone(),
+                reason: format!("output shape {shape:?}, expected [{n}, {classes}]"),
+            });
+        }
+        Ok(data
+            .chunks_exact(classes)
+            .map(|row| {
+                let mut p = row.to_vec();
+                if !self.output_is_probability {
+                    softmax_in_place(&mut p);
+                }
+                Classification::from_probabilities(self.labels.clone(), p)
+            })
+            .collect())
+    }
+
+    /// [`prepare`](Classifier::prepare) then [`run`](Classifier::run).
+    pub fn classify(
+        &mut self,
+        frame: &Frame,
+        faces: &[Detection],
+        align: bool,
+    ) -> Result<Vec<Classification>, ClassifyError> {
+        self.prepare(frame, faces, align)?;
+        self.run()
+    }
+
+    /// Bin ages in years, parsed from the labels (index when a label is not a number).
+    pub fn bin_years(&self) -> Vec<f32> {
+        self.labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.trim().parse::<f32>().unwrap_or(i as f32))
+            .collect()
+    }
+}
+
+/// Index of the largest value (0 for an empty slice; NaN never wins).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] || values[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Numerically stable softmax.
+pub fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in values.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    if sum > 0.0 {
+        values.iter_mut().for_each(|v| *v /= sum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{FaceBox, Landmarks, Point};
+
+    #[test]
+    fn chip_geometry_covers_the_padded_box() {
+        let det = Detection {
+            bbox: FaceBox {
+                x: 100.0,
+                y: 50.0,
+                width: 40.0,
+                height: 40.0,
+            },
+            score: 1.0,
+            landmarks: None,
+        };
+        let chip = chip_geometry(&det, 32, 32, 0.25, true);
+        // Chip pixel edges (-0.5, -0.5) and (31.5, 31.5) are the region corners in
+        // continuous frame coordinates, shifted by the pixel-centre -0.5.
+        let (x0, y0) = chip.chip_to_frame.apply(-0.5, -0.5);
+        let (x1, y1) = chip.chip_to_frame.apply(31.5, 31.5);
+        // Side 40 * (1 + 2 * 0.25) = 60 around the centre (120, 70).
+        assert!(
+            (x0 - (90.0 - 0.5)).abs() < 1e-3 && (y0 - (40.0 - 0.5)).abs() < 1e-3,
+            "{x0} {y0}"
+        );
+        assert!(
+            (x1 - (150.0 - 0.5)).abs() < 1e-3 && (y1 - (100.0 - 0.5)).abs() < 1e-3,
+            "{x1} {y1}"
+        );
+    }
+
+    #[test]
+    fn chip_geometry_levels_a_tilted_face() {
+        let eye_left = Point { x: 0.0, y: 0.0 };
+        let eye_right = Point { x: 10.0, y: 10.0 };
+        let landmarks = Landmarks {
+            eye_left,
+            eye_right,
+            ..Default::default()
+        };
+        let det = Detection {
+            bbox: FaceBox {
+                x: 0.0,
+                y: 0.0,
+                width: 20.0,
+                height: 20.0,
+            },
+            score: 1.0,
+            landmarks: Some(landmarks),
+        };
+        let chip = chip_geometry(&det, 20, 20, 0.0, true);
+        // The chip's x axis follows the eye line (45 degrees).
+        let (ax, ay) = chip.chip_to_frame.apply(0.0, 0.0);
+        let (bx, by) = chip.chip_to_frame.apply(1.0, 0.0);
+        assert!(((by - ay) / (bx - ax) - 1.0).abs() < 1e-4);
+        let unaligned = chip_geometry(&det, 20, 20, 0.0, false);
+        assert_eq!(unaligned.chip_to_frame.0[1][0], 0.0);
+    }
+
+    #[test]
+    fn affine_composition() {
+        let a = Affine([[2.0, 0.0, 1.0], [0.0, 3.0, -1.0]]);
+        let b = Affine([[0.0, -1.0, 5.0], [1.0, 0.0, 0.0]]);
+        let (x, y) = b.apply(2.0, 7.0);
+        let direct = a.apply(x, y);
+        let composed = a.after(&b).apply(2.0, 7.0);
+        assert!((direct.0 - composed.0).abs() < 1e-5 && (direct.1 - composed.1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn softmax_and_argmax() {
+        let mut v = [1.0, 2.0, 3.0];
+        softmax_in_place(&mut v);
+        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(argmax(&v), 2);
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NAN, 0.5]), 1);
+    }
+
+    #[test]
+    fn age_expectation() {
+        let est = AgeEstimate::from_distribution(&[0.5, 0.5], &[20.0, 40.0]);
+        assert!((est.years - 30.0).abs() < 1e-5 && (est.stddev - 10.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn classification_accessors() {
+        let labels: Arc<[String]> = ["female".to_string(), "male".to_string()]
+            .into_iter()
+            .collect();
+        let mut c = Classification::from_probabilities(labels, vec![0.8, 0.2]);
+        assert_eq!((c.label(), c.confidence()), ("female", 0.8));
+        assert_eq!(c.probability_of("male"), Some(0.2));
+        c.set_probabilities(&[0.1, 0.9]);
+        assert_eq!(c.label(), "male");
+    }
+}

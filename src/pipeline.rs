@@ -1,1 +1,526 @@
-//! TODO(core): see issue 4.
+//! The perception pipeline: frame -> faces -> labelled, tracked faces ->
+//! (optionally) an annotated image.
+//!
+//! [`Pipeline::new`] loads every model the configuration needs once (ONNX
+//! Runtime sessions with the configured intra-op threads; a missing or
+//! corrupt model file is an error naming the file). [`Pipeline::process`]
+//! then runs one frame: detection, one batched call per classifier, tracking
+//! and smoothing, rendering on request. [`Pipeline::reconfigure`] applies new
+//! parameters from the next frame on, reloading only the models whose
+//! settings changed.
+//!
+//! ```no_run
+//! use face_perception::config::Config;
+//! use face_perception::frame::{Frame, FrameLimits};
+//! use face_perception::pipeline::{FrameRequest, Pipeline};
+//!
+//! let mut pipeline = Pipeline::new(&Config::default())?;
+//! let bytes = std::fs::read("photo.jpg")?;
+//! let frame = Frame::from_compressed("jpeg", &bytes, &FrameLimits::default())?;
+//! let result = pipeline.process(&frame, &FrameRequest::default())?;
+//! for face in &result.faces {
+//!     println!("{} {:?}", face.id, face.emotion.as_ref().map(|e| e.label()));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::classify::{
+    AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError, FaceChip,
+};
+use crate::config::{Config, DetectorBackend};
+use crate::detect::centerface::CenterFace;
+use crate::detect::haar::HaarCascade;
+use crate::detect::{DetectError, Detection, Detector, FaceBox, FaceDetector, Landmarks};
+use crate::frame::Frame;
+use crate::manifest::{self, Manifest, ManifestError, ModelEntry};
+use crate::render::{self, RenderError};
+use crate::runtime::{self, RuntimeError};
+use crate::track::Tracker;
+use ndarray::Array4;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Manifest name of the face detection model.
+pub const DETECTOR_MODEL: &str = "face_detector";
+
+/// Why the pipeline could not be built or could not process a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// ONNX Runtime is unavailable.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The manifest or a model file is missing, unreadable or corrupt.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// No models directory was configured and none was found.
+    #[error("no models directory: set models_dir (or $FACE_PERCEPTION_MODELS) to the directory holding manifest.toml")]
+    NoModelsDir,
+    /// ONNX Runtime refused a model file.
+    #[error("cannot load model {path}: {reason}")]
+    ModelLoad {
+        /// Model file.
+        path: PathBuf,
+        /// What ort reported.
+        reason: String,
+    },
+    /// Detection failed.
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    /// Classification failed.
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
+    /// Rendering failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// Saliency was requested for a classifier that is not enabled.
+    #[error("saliency requested for {0:?}, which is not enabled")]
+    SaliencyTargetDisabled(ClassifierTask),
+}
+
+/// A saliency request (computed by [`crate::saliency`] from [`SaliencyInputs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaliencyRequest {
+    /// The classifier to explain.
+    pub task: ClassifierTask,
+    /// The class to explain; `None` means each face's top class.
+    pub class_index: Option<usize>,
+}
+
+/// What saliency needs from one frame: the exact input batch the classifier
+/// saw and where each chip came from.
+#[derive(Debug, Clone)]
+pub struct SaliencyInputs {
+    /// The request this answers.
+    pub request: SaliencyRequest,
+    /// Normalised classifier input, N x C x H x W, one chip per face.
+    pub batch: Array4<f32>,
+    /// Chip geometry per face (chip pixels to frame pixels).
+    pub chips: Vec<FaceChip>,
+    /// Face ids, in batch order.
+    pub face_ids: Vec<String>,
+    /// Top class per face, in batch order.
+    pub top_classes: Vec<usize>,
+}
+
+/// Per-frame options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameRequest {
+    /// Produce the annotated image.
+    pub annotated: bool,
+    /// Keep the classifier inputs for saliency.
+    pub saliency: Option<SaliencyRequest>,
+}
+
+/// Wall time per stage of one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Detection, including resizing.
+    pub detect: Duration,
+    /// All classifiers, including cropping.
+    pub classify: Duration,
+    /// Tracking and smoothing.
+    pub track: Duration,
+    /// Rendering the annotated image.
+    pub render: Duration,
+    /// The whole call.
+    pub total: Duration,
+}
+
+/// One face of a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceResult {
+    /// Stable id when tracking, else the index in the frame.
+    pub id: String,
+    /// Face box in frame pixels.
+    pub bbox: FaceBox,
+    /// Detector score.
+    pub score: f32,
+    /// Landmarks, when the detector gives them.
+    pub landmarks: Option<Landmarks>,
+    /// Gender, when enabled.
+    pub gender: Option<Classification>,
+    /// Emotion, when enabled.
+    pub emotion: Option<Classification>,
+    /// Age, when enabled.
+    pub age: Option<AgeEstimate>,
+}
+
+/// The result of one frame.
+#[derive(Debug, Clone)]
+pub struct FrameResult {
+    /// Faces, by decreasing detector score.
+    pub faces: Vec<FaceResult>,
+    /// The annotated image, when requested.
+    pub annotated: Option<Frame>,
+    /// Stage timings.
+    pub timings: StageTimings,
+    /// Classifier inputs for saliency, when requested.
+    pub saliency: Option<SaliencyInputs>,
+}
+
+/// Builds an ONNX Runtime session for a manifest entry (checksum verified).
+pub fn load_session(
+    manifest: &Manifest,
+    name: &str,
+    intra_op_threads: usize,
+) -> Result<(Session, ModelEntry), PipelineError> {
+    let entry = manifest.entry(name)?.clone();
+    let path = manifest.model_path(&entry);
+    let bytes = manifest.read_verified(&entry)?;
+    let env = runtime::environment()?;
+    let load_error = |reason: String| PipelineError::ModelLoad {
+        path: path.clone(),
+        reason,
+    };
+    let session = Session::builder(env)
+        .map_err(|e| load_error(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| load_error(e.to_string()))?
+        .with_intra_threads(intra_op_threads)
+        .map_err(|e| load_error(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| load_error(e.to_string()))?
+        .commit_from_memory(&bytes)
+        .map_err(|e| load_error(e.to_string()))?;
+    log::debug!(
+        "loaded model {} ({}) with {intra_op_threads} intra-op thread(s)",
+        entry.name,
+        path.display()
+    );
+    Ok((session, entry))
+}
+
+/// The settings a loaded model depends on; a change means reloading it.
+#[derive(Debug, Clone, PartialEq)]
+struct LoadKey {
+    models_dir: Option<PathBuf>,
+    threads: usize,
+    backend: DetectorBackend,
+    haar_cascade: PathBuf,
+}
+
+impl LoadKey {
+    fn of(config: &Config) -> Self {
+        Self {
+            models_dir: config.models_dir().map(Path::to_path_buf),
+            threads: config.intra_op_threads(),
+            backend: config.detector().backend,
+            haar_cascade: config.detector().haar_cascade.clone(),
+        }
+    }
+}
+
+/// The face perception pipeline: models, buffers and tracks.
+pub struct Pipeline {
+    config: Config,
+    key: LoadKey,
+    manifest: Option<Manifest>,
+    detector: Detector,
+    gender: Option<Classifier>,
+    emotion: Option<Classifier>,
+    age: Option<Classifier>,
+    tracker: Tracker,
+}
+
+fn needs_manifest(config: &Config) -> bool {
+    let c = config.classifiers();
+    config.detector().backend == DetectorBackend::Dnn || c.gender || c.emotion || c.age
+}
+
+fn load_manifest(config: &Config) -> Result<Manifest, PipelineError> {
+    let dir = match config.models_dir() {
+        Some(dir) => dir.to_path_buf(),
+        None => manifest::default_models_dir().ok_or(PipelineError::NoModelsDir)?,
+    };
+    Ok(Manifest::load(&dir)?)
+}
+
+fn load_detector(config: &Config, manifest: Option<&Manifest>) -> Result<Detector, PipelineError> {
+    match config.detector().backend {
+        DetectorBackend::Haar => Ok(Detector::Haar(HaarCascade::load(
+            &config.detector().haar_cascade,
+        )?)),
+        DetectorBackend::Dnn => {
+            let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
+            let (session, entry) =
+                load_session(manifest, DETECTOR_MODEL, config.intra_op_threads())?;
+            Ok(Detector::Dnn(CenterFace::new(session, &entry)?))
+        }
+    }
+}
+
+fn load_classifier(
+    task: ClassifierTask,
+    config: &Config,
+    manifest: Option<&Manifest>,
+) -> Result<Classifier, PipelineError> {
+    let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
+    let (session, entry) = load_session(manifest, task.model_name(), config.intra_op_threads())?;
+    Ok(Classifier::new(
+        task,
+        session,
+        &entry,
+        config.detector().max_faces,
+    )?)
+}
+
+impl Pipeline {
+    /// Loads every model the configuration needs.
+    pub fn new(config: &Config) -> Result<Self, PipelineError> {
+        let manifest = if needs_manifest(config) {
+            Some(load_manifest(config)?)
+        } else {
+            None
+        };
+        let detector = load_detector(config, manifest.as_ref())?;
+        let c = config.classifiers();
+        let load = |enabled: bool, task| {
+            enabled
+                .then(|| load_classifier(task, config, manifest.as_ref()))
+                .transpose()
+        };
+        let gender = load(c.gender, ClassifierTask::Gender)?;
+        let emotion = load(c.emotion, ClassifierTask::Emotion)?;
+        let age = load(c.age, ClassifierTask::Age)?;
+        log::info!(
+            "pipeline ready: detector {}, gender {}, emotion {}, age {}",
+            detector.name(),
+            gender.is_some(),
+            emotion.is_some(),
+            age.is_some()
+        );
+        Ok(Self {
+            config: config.clone(),
+            key: LoadKey::of(config),
+            manifest,
+            detector,
+            gender,
+            emotion,
+            age,
+            tracker: Tracker::new(config.tracker()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies a new configuration from the next frame on. Models are reloaded
+    /// only when their settings changed (models directory, threads, detector
+    /// backend) or when a classifier is switched on; switching one off drops
+    /// it. On error nothing changes.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<(), PipelineError> {
+        let key = LoadKey::of(config);
+        let reload_all = key.models_dir != self.key.models_dir || key.threads != self.key.threads;
+        let manifest = if !needs_manifest(config) {
+            None
+        } else if reload_all || self.manifest.is_none() {
+            Some(load_manifest(config)?)
+        } else {
+            self.manifest.clone()
+        };
+        let detector_changed = reload_all
+            || key.backend != self.key.backend
+            || key.haar_cascade != self.key.haar_cascade;
+        let detector = if detector_changed {
+            Some(load_detector(config, manifest.as_ref())?)
+        } else {
+            None
+        };
+        let c = config.classifiers();
+        let max_faces = config.detector().max_faces;
+        let next = |current: &Option<Classifier>,
+                    enabled: bool,
+                    task|
+         -> Result<Option<Option<Classifier>>, PipelineError> {
+            match (current, enabled) {
+                (_, false) => Ok(Some(None)),
+                (Some(_), true) if !reload_all => Ok(None),
+                _ => Ok(Some(Some(load_classifier(
+                    task,
+                    config,
+                    manifest.as_ref(),
+                )?))),
+            }
+        };
+        let gender = next(&self.gender, c.gender, ClassifierTask::Gender)?;
+        let emotion = next(&self.emotion, c.emotion, ClassifierTask::Emotion)?;
+        let age = next(&self.age, c.age, ClassifierTask::Age)?;
+        // Everything loaded: commit.
+        if let Some(d) = detector {
+            self.detector = d;
+        }
+        for (slot, new) in [
+            (&mut self.gender, gender),
+            (&mut self.emotion, emotion),
+            (&mut self.age, age),
+        ] {
+            if let Some(new) = new {
+                *slot = new;
+            }
+            if let Some(classifier) = slot {
+                classifier.reserve(max_faces);
+            }
+        }
+        self.manifest = manifest;
+        self.tracker.reconfigure(config.tracker());
+        self.config = config.clone();
+        self.key = key;
+        log::info!("pipeline reconfigured (models reloaded: {reload_all}, detector reloaded: {detector_changed})");
+        Ok(())
+    }
+
+    /// The classifier for `task`, when enabled.
+    pub fn classifier(&self, task: ClassifierTask) -> Option<&Classifier> {
+        match task {
+            ClassifierTask::Gender => self.gender.as_ref(),
+            ClassifierTask::Emotion => self.emotion.as_ref(),
+            ClassifierTask::Age => self.age.as_ref(),
+        }
+    }
+
+    /// The detector backend's name.
+    pub fn detector_name(&self) -> &'static str {
+        self.detector.name()
+    }
+
+    /// Forgets all tracks (e.g. when the camera changes).
+    pub fn reset_tracks(&mut self) {
+        self.tracker.reset();
+    }
+
+    /// Detection only (no classification, tracking or smoothing).
+    pub fn detect(&mut self, frame: &Frame) -> Result<Vec<Detection>, PipelineError> {
+        Ok(self.detector.detect(frame, self.config.detector())?)
+    }
+
+    /// Classification of given faces only (no tracking or smoothing): one
+    /// batched call per enabled classifier.
+    pub fn classify(
+        &mut self,
+        frame: &Frame,
+        faces: &[Detection],
+    ) -> Result<ClassifiedFaces, PipelineError> {
+        let align = self.config.classifiers().align_faces;
+        let run =
+            |c: &mut Option<Classifier>| -> Result<Option<Vec<Classification>>, ClassifyError> {
+                c.as_mut()
+                    .map(|c| c.classify(frame, faces, align))
+                    .transpose()
+            };
+        Ok(ClassifiedFaces {
+            gender: run(&mut self.gender)?,
+            emotion: run(&mut self.emotion)?,
+            age: run(&mut self.age)?,
+        })
+    }
+
+    /// Runs one frame through the pipeline.
+    pub fn process(
+        &mut self,
+        frame: &Frame,
+        request: &FrameRequest,
+    ) -> Result<FrameResult, PipelineError> {
+        let start = Instant::now();
+        if let Some(s) = &request.saliency {
+            if self.classifier(s.task).is_none() {
+                return Err(PipelineError::SaliencyTargetDisabled(s.task));
+            }
+        }
+        let detections = self.detect(frame)?;
+        let detected = Instant::now();
+
+        let classified = self.classify(frame, &detections)?;
+        let classified_at = Instant::now();
+
+        let boxes: Vec<FaceBox> = detections.iter().map(|d| d.bbox).collect();
+        let assignments = self.tracker.assign(&boxes);
+        let bin_years = self
+            .age
+            .as_ref()
+            .map(Classifier::bin_years)
+            .unwrap_or_default();
+        let ClassifiedFaces {
+            gender,
+            emotion,
+            age,
+        } = classified;
+        let mut gender = gender.map(Vec::into_iter);
+        let mut emotion = emotion.map(Vec::into_iter);
+        let mut age = age.map(Vec::into_iter);
+        let mut faces = Vec::with_capacity(detections.len());
+        for (detection, assignment) in detections.into_iter().zip(&assignments) {
+            let mut next = |it: &mut Option<std::vec::IntoIter<Classification>>, task| {
+                let mut c = it.as_mut().and_then(Iterator::next)?;
+                self.tracker.smooth(assignment, task, &mut c);
+                Some(c)
+            };
+            let g = next(&mut gender, ClassifierTask::Gender);
+            let e = next(&mut emotion, ClassifierTask::Emotion);
+            let a = next(&mut age, ClassifierTask::Age)
+                .map(|c| AgeEstimate::from_distribution(&c.probabilities, &bin_years));
+            faces.push(FaceResult {
+                id: assignment.id.clone(),
+                bbox: detection.bbox,
+                score: detection.score,
+                landmarks: detection.landmarks,
+                gender: g,
+                emotion: e,
+                age: a,
+            });
+        }
+        let tracked = Instant::now();
+
+        let saliency = request.saliency.as_ref().and_then(|s| {
+            let classifier = self.classifier(s.task)?;
+            let top_classes = faces
+                .iter()
+                .map(|f| match s.task {
+                    ClassifierTask::Gender => f.gender.as_ref().map_or(0, |c| c.top),
+                    ClassifierTask::Emotion => f.emotion.as_ref().map_or(0, |c| c.top),
+                    ClassifierTask::Age => 0,
+                })
+                .collect();
+            Some(SaliencyInputs {
+                request: s.clone(),
+                batch: classifier.last_batch().to_owned(),
+                chips: classifier.last_chips().to_vec(),
+                face_ids: faces.iter().map(|f| f.id.clone()).collect(),
+                top_classes,
+            })
+        });
+
+        let annotated = if request.annotated {
+            Some(render::annotate(frame, &faces)?)
+        } else {
+            None
+        };
+        let end = Instant::now();
+        Ok(FrameResult {
+            faces,
+            annotated,
+            saliency,
+            timings: StageTimings {
+                detect: detected - start,
+                classify: classified_at - detected,
+                track: tracked - classified_at,
+                render: end - tracked,
+                total: end - start,
+            },
+        })
+    }
+}
+
+/// Raw per-classifier results of [`Pipeline::classify`], in face order.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifiedFaces {
+    /// Gender per face, when enabled.
+    pub gender: Option<Vec<Classification>>,
+    /// Emotion per face, when enabled.
+    pub emotion: Option<Vec<Classification>>,
+    /// Age-bin probabilities per face, when enabled.
+    pub age: Option<Vec<Classification>>,
+}

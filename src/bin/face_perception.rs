@@ -1,1 +1,518 @@
-fn main() {}
+//! `face_perception`: the offline command-line face of the perception core.
+//!
+//! `face_perception analyze [OPTIONS] INPUT...` runs detection, gender and
+//! emotion (and age with `--age`) on image files, folders of images and video
+//! files, and writes one JSON object per image (or video frame) to stdout.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use face_perception::config::{Config, RawConfig};
+use face_perception::frame::{Frame, FrameError, FrameLimits};
+use face_perception::pipeline::{FaceResult, FrameRequest, FrameResult, Pipeline};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Image file extensions read from folders (lower case).
+const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "pgm", "ppm", "pnm",
+];
+/// Video file extensions (lower case).
+const VIDEO_EXTENSIONS: &[&str] = &["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpg", "mpeg"];
+/// Show a progress bar from this many inputs on.
+const PROGRESS_MIN_INPUTS: usize = 5;
+/// Decimal places of probabilities and scores in the JSON.
+const PROBABILITY_DECIMALS: i32 = 4;
+/// Decimal places of box coordinates.
+const BOX_DECIMALS: i32 = 1;
+/// Decimal places of timings in milliseconds.
+const TIMING_DECIMALS: i32 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "face_perception",
+    version,
+    about = "Real-time face detection, gender, emotion and age"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyse images, folders of images and videos; one JSON object per image (JSON Lines) on stdout.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Image files, folders (their images, recursively) or video files.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// Write annotated images (and videos) into this folder.
+    #[arg(long, value_name = "DIR")]
+    annotated: Option<PathBuf>,
+    /// Face detector.
+    #[arg(long, value_name = "dnn|haar", default_value = "dnn")]
+    detector: String,
+    /// Minimum detection score, in (0, 1].
+    #[arg(long, value_name = "SCORE")]
+    threshold: Option<f64>,
+    /// Also estimate age.
+    #[arg(long)]
+    age: bool,
+    /// Skip gender.
+    #[arg(long)]
+    no_gender: bool,
+    /// Skip emotion.
+    #[arg(long)]
+    no_emotion: bool,
+    /// Models directory (holding manifest.toml); default: $FACE_PERCEPTION_MODELS or the installed models.
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
+    /// Longest side of the image given to the detector (larger images are downscaled).
+    #[arg(long, value_name = "PIXELS")]
+    detection_size: Option<i64>,
+    /// Minimum face side in pixels.
+    #[arg(long, value_name = "PIXELS")]
+    min_face: Option<i64>,
+    /// Maximum faces per image.
+    #[arg(long, value_name = "N")]
+    max_faces: Option<i64>,
+    /// ONNX Runtime intra-op threads per model.
+    #[arg(long, value_name = "N")]
+    threads: Option<i64>,
+    /// Further settings from a TOML file (fields of RawConfig); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// For videos: analyse every Nth frame.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    every: u64,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Analyze(args) => analyze(&args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("face_perception: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn raw_config(args: &AnalyzeArgs) -> Result<RawConfig> {
+    let mut raw = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid configuration file {}", path.display()))?
+        }
+        None => RawConfig::default(),
+    };
+    raw.detector = args.detector.clone();
+    if let Some(t) = args.threshold {
+        raw.score_threshold = t;
+    }
+    raw.enable_age |= args.age;
+    raw.enable_gender &= !args.no_gender;
+    raw.enable_emotion &= !args.no_emotion;
+    if let Some(dir) = &args.models {
+        raw.models_dir = dir.to_string_lossy().into_owned();
+    }
+    if let Some(v) = args.detection_size {
+        raw.detection_max_side = v;
+    }
+    if let Some(v) = args.min_face {
+        raw.min_face_size = v;
+    }
+    if let Some(v) = args.max_faces {
+        raw.max_faces = v;
+    }
+    if let Some(v) = args.threads {
+        raw.intra_op_threads = v;
+    }
+    Ok(raw)
+}
+
+/// One unit of work.
+enum Input {
+    Image(PathBuf),
+    Video(PathBuf),
+}
+
+fn extension_of(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// Expands folders (recursively, sorted) into their image and video files.
+fn expand_inputs(paths: &[PathBuf], errors: &mut Vec<String>) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            collect_dir(path, &mut files, errors);
+            files.sort();
+            for file in files {
+                let ext = extension_of(&file);
+                if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+                    inputs.push(Input::Image(file));
+                } else if VIDEO_EXTENSIONS.contains(&ext.as_str()) {
+                    inputs.push(Input::Video(file));
+                }
+            }
+        } else if VIDEO_EXTENSIONS.contains(&extension_of(path).as_str()) {
+            inputs.push(Input::Video(path.clone()));
+        } else {
+            // Anything else is tried as an image; failures are reported per input.
+            inputs.push(Input::Image(path.clone()));
+        }
+    }
+    inputs
+}
+
+fn collect_dir(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<String>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            errors.push(format!("{}: cannot read folder: {e}", dir.display()));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_dir(&path, files, errors);
+        } else {
+            files.push(path);
+        }
+    }
+}
+
+/// Reads an image file into a frame: JPEG and PNG by the core's decoder,
+/// other formats (BMP, WebP, TIFF, PNM) through OpenCV.
+fn read_image(path: &Path, limits: &FrameLimits) -> Result<Frame> {
+    let bytes = std::fs::read(path).context("cannot read")?;
+    match Frame::from_compressed("", &bytes, limits) {
+        Ok(frame) => Ok(frame),
+        Err(FrameError::UnsupportedFormat { .. }) => {
+            decode_with_opencv(&bytes, limits).context("not a readable image")
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("not a readable image")),
+    }
+}
+
+fn decode_with_opencv(bytes: &[u8], limits: &FrameLimits) -> Result<Frame> {
+    use opencv::core::{Mat, Vector};
+    use opencv::prelude::*;
+    let buffer: Vector<u8> = Vector::from_slice(bytes);
+    let bgr = opencv::imgcodecs::imdecode(&buffer, opencv::imgcodecs::IMREAD_COLOR)?;
+    if bgr.empty() {
+        bail!("unsupported or corrupt image");
+    }
+    frame_from_bgr_mat(&bgr, limits, &mut Mat::default())
+}
+
+fn frame_from_bgr_mat(
+    bgr: &opencv::core::Mat,
+    limits: &FrameLimits,
+    contiguous: &mut opencv::core::Mat,
+) -> Result<Frame> {
+    use face_perception::frame::RawImage;
+    use opencv::prelude::*;
+    let mat = if bgr.is_continuous() {
+        bgr
+    } else {
+        *contiguous = bgr.try_clone()?;
+        &*contiguous
+    };
+    let (width, height) = (u32::try_from(mat.cols())?, u32::try_from(mat.rows())?);
+    let raw = RawImage {
+        width,
+        height,
+        encoding: "bgr8",
+        is_bigendian: false,
+        step: width.checked_mul(3).context("image too wide")?,
+        data: mat.data_bytes()?,
+    };
+    Ok(Frame::from_raw(&raw, limits)?)
+}
+
+fn round_to(value: f64, decimals: i32) -> f64 {
+    let factor = 10f64.powi(decimals);
+    (value * factor).round() / factor
+}
+
+fn classification_json(c: &face_perception::classify::Classification) -> Value {
+    let mut probabilities = Map::new();
+    for (label, p) in c.labels.iter().zip(&c.probabilities) {
+        probabilities.insert(
+            label.clone(),
+            json!(round_to(f64::from(*p), PROBABILITY_DECIMALS)),
+        );
+    }
+    json!({
+        "label": c.label(),
+        "confidence": round_to(f64::from(c.confidence()), PROBABILITY_DECIMALS),
+        "probabilities": probabilities,
+    })
+}
+
+fn face_json(face: &FaceResult) -> Value {
+    let mut object = Map::new();
+    object.insert("id".into(), json!(face.id));
+    let b = face
+        .bbox
+        .to_array()
+        .map(|v| round_to(f64::from(v), BOX_DECIMALS));
+    object.insert("box".into(), json!(b));
+    object.insert(
+        "score".into(),
+        json!(round_to(f64::from(face.score), PROBABILITY_DECIMALS)),
+    );
+    if let Some(g) = &face.gender {
+        object.insert("gender".into(), classification_json(g));
+    }
+    if let Some(e) = &face.emotion {
+        object.insert("emotion".into(), classification_json(e));
+    }
+    if let Some(a) = &face.age {
+        object.insert(
+            "age".into(),
+            json!({"years": round_to(f64::from(a.years), 1), "stddev": round_to(f64::from(a.stddev), 1)}),
+        );
+    }
+    Value::Object(object)
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    round_to(d.as_secs_f64() * 1000.0, TIMING_DECIMALS)
+}
+
+fn result_json(
+    image: &str,
+    frame_index: Option<u64>,
+    frame: &Frame,
+    result: &FrameResult,
+) -> Value {
+    let mut object = Map::new();
+    object.insert("image".into(), json!(image));
+    if let Some(i) = frame_index {
+        object.insert("frame".into(), json!(i));
+    }
+    object.insert("width".into(), json!(frame.width()));
+    object.insert("height".into(), json!(frame.height()));
+    object.insert(
+        "faces".into(),
+        Value::Array(result.faces.iter().map(face_json).collect()),
+    );
+    object.insert(
+        "timings_ms".into(),
+        json!({"detect": ms(result.timings.detect), "classify": ms(result.timings.classify), "total": ms(result.timings.total)}),
+    );
+    Value::Object(object)
+}
+
+/// Chooses an output file name in `dir` not used before in this run.
+fn output_path(dir: &Path, input: &Path, suffix: &str, used: &mut HashSet<PathBuf>) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image");
+    let mut candidate = dir.join(format!("{stem}_annotated.{suffix}"));
+    let mut n = 1;
+    while used.contains(&candidate) {
+        candidate = dir.join(format!("{stem}_annotated_{n}.{suffix}"));
+        n += 1;
+    }
+    used.insert(candidate.clone());
+    candidate
+}
+
+fn write_png(path: &Path, frame: &Frame) -> Result<()> {
+    image::save_buffer(
+        path,
+        frame.data(),
+        frame.width(),
+        frame.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+    .with_context(|| format!("cannot write {}", path.display()))
+}
+
+struct Run<'a> {
+    pipeline: Pipeline,
+    image_config: Config,
+    video_config: Config,
+    annotated_dir: Option<&'a Path>,
+    used_names: HashSet<PathBuf>,
+    every: u64,
+    out: std::io::StdoutLock<'static>,
+}
+
+impl Run<'_> {
+    fn emit(&mut self, value: &Value) -> Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn image(&mut self, path: &Path) -> Result<()> {
+        if self.pipeline.config() != &self.image_config {
+            self.pipeline.reconfigure(&self.image_config)?;
+        }
+        let frame = read_image(path, self.image_config.frame_limits())?;
+        let request = FrameRequest {
+            annotated: self.annotated_dir.is_some(),
+            saliency: None,
+        };
+        let result = self.pipeline.process(&frame, &request)?;
+        self.emit(&result_json(&path.to_string_lossy(), None, &frame, &result))?;
+        if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
+            let out = output_path(dir, path, "png", &mut self.used_names);
+            write_png(&out, annotated)?;
+        }
+        Ok(())
+    }
+
+    fn video(&mut self, path: &Path) -> Result<()> {
+        use opencv::prelude::*;
+        use opencv::videoio::{VideoCapture, VideoWriter, CAP_ANY, CAP_PROP_FPS};
+        if self.pipeline.config() != &self.video_config {
+            self.pipeline.reconfigure(&self.video_config)?;
+        }
+        self.pipeline.reset_tracks();
+        let name = path.to_string_lossy().into_owned();
+        let mut capture = VideoCapture::from_file(&name, CAP_ANY)?;
+        if !capture.is_opened()? {
+            bail!("{name}: OpenCV cannot open this video");
+        }
+        let fps = capture.get(CAP_PROP_FPS).unwrap_or(25.0).max(1.0);
+        let mut writer: Option<VideoWriter> = None;
+        let mut bgr = opencv::core::Mat::default();
+        let mut contiguous = opencv::core::Mat::default();
+        let request = FrameRequest {
+            annotated: self.annotated_dir.is_some(),
+            saliency: None,
+        };
+        let mut index = 0u64;
+        while capture.read(&mut bgr)? && !bgr.empty() {
+            let this = index;
+            index += 1;
+            if this % self.every.max(1) != 0 {
+                continue;
+            }
+            let frame =
+                frame_from_bgr_mat(&bgr, self.video_config.frame_limits(), &mut contiguous)?;
+            let result = self.pipeline.process(&frame, &request)?;
+            self.emit(&result_json(&name, Some(this), &frame, &result))?;
+            if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
+                if writer.is_none() {
+                    let out = output_path(dir, path, "avi", &mut self.used_names);
+                    let fourcc = VideoWriter::fourcc('M', 'J', 'P', 'G')?;
+                    let size = opencv::core::Size::new(
+                        annotated.width() as i32,
+                        annotated.height() as i32,
+                    );
+                    let w = VideoWriter::new(&out, fourcc, fps / self.every as f64, size, true)?;
+                    if !w.is_opened()? {
+                        bail!("cannot write video {}", out.display());
+                    }
+                    writer = Some(w);
+                }
+                if let Some(w) = writer.as_mut() {
+                    let rgb = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
+                        annotated.height() as i32,
+                        annotated.width() as i32,
+                        annotated.data(),
+                    )?;
+                    let mut out_bgr = opencv::core::Mat::default();
+                    opencv::imgproc::cvt_color_def(
+                        &rgb,
+                        &mut out_bgr,
+                        opencv::imgproc::COLOR_RGB2BGR,
+                    )?;
+                    w.write(&out_bgr)?;
+                }
+            }
+        }
+        if index == 0 {
+            bail!("{name}: no frames could be read");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `analyze`; `Ok(false)` when some inputs failed.
+fn analyze(args: &AnalyzeArgs) -> Result<bool> {
+    let raw = raw_config(args)?;
+    // Independent photos: no tracking, no smoothing; ids are indices.
+    let image_config = Config::from_raw(RawConfig {
+        tracking: false,
+        smoothing: "off".into(),
+        ..raw.clone()
+    })
+    .context("invalid option")?;
+    // Videos: tracking and smoothing as configured.
+    let video_config = Config::from_raw(raw).context("invalid option")?;
+    if let Some(dir) = &args.annotated {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut errors = Vec::new();
+    let inputs = expand_inputs(&args.inputs, &mut errors);
+    let pipeline = Pipeline::new(&image_config).context("cannot start the pipeline")?;
+    let mut run = Run {
+        pipeline,
+        image_config,
+        video_config,
+        annotated_dir: args.annotated.as_deref(),
+        used_names: HashSet::new(),
+        every: args.every,
+        out: std::io::stdout().lock(),
+    };
+    let progress = if inputs.len() >= PROGRESS_MIN_INPUTS {
+        let bar = ProgressBar::new(inputs.len() as u64);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} {elapsed_precise} ETA {eta} {wide_msg}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    for message in &errors {
+        progress.suspend(|| eprintln!("face_perception: {message}"));
+    }
+    for input in &inputs {
+        let (path, outcome) = match input {
+            Input::Image(path) => (path, run.image(path)),
+            Input::Video(path) => (path, run.video(path)),
+        };
+        if let Err(e) = outcome {
+            progress.suspend(|| eprintln!("face_perception: {}: {e:#}", path.display()));
+            errors.push(e.to_string());
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    if inputs.is_empty() {
+        eprintln!("face_perception: no images or videos found in the inputs");
+        return Ok(false);
+    }
+    Ok(errors.is_empty())
+}

@@ -1,1 +1,506 @@
-//! TODO(core): detection backends (DNN default, Haar).
+//! Face detection behind one interface, [`FaceDetector`], with two backends:
+//! [`centerface::CenterFace`] (a CNN, the default) and [`haar::HaarCascade`]
+//! (OpenCV's Viola-Jones cascade, no model file needed).
+//!
+//! Both share the parameters of [`DetectorConfig`]: frames whose longest side
+//! exceeds `max_side` are downscaled before detection and the boxes mapped
+//! back to frame pixels; detections below the score threshold or the minimum
+//! face size are dropped, overlapping ones suppressed (non-maximum
+//! suppression at `nms_iou`), and the `max_faces` highest-scoring kept.
+
+pub mod centerface;
+pub mod haar;
+
+use crate::config::DetectorConfig;
+use crate::frame::Frame;
+use crate::manifest::{ColorOrder, ModelEntry};
+use serde::Serialize;
+
+/// A point in frame pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Point {
+    /// Horizontal position, pixels from the left edge.
+    pub x: f32,
+    /// Vertical position, pixels from the top edge.
+    pub y: f32,
+}
+
+/// An axis-aligned face box in frame pixels (top-left corner and size).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct FaceBox {
+    /// Left edge.
+    pub x: f32,
+    /// Top edge.
+    pub y: f32,
+    /// Width.
+    pub width: f32,
+    /// Height.
+    pub height: f32,
+}
+
+impl FaceBox {
+    /// Right edge.
+    pub fn right(&self) -> f32 {
+        self.x + self.width
+    }
+
+    /// Bottom edge.
+    pub fn bottom(&self) -> f32 {
+        self.y + self.height
+    }
+
+    /// Area (zero for a degenerate box).
+    pub fn area(&self) -> f32 {
+        self.width.max(0.0) * self.height.max(0.0)
+    }
+
+    /// Centre point.
+    pub fn centre(&self) -> Point {
+        Point {
+            x: self.x + self.width / 2.0,
+            y: self.y + self.height / 2.0,
+        }
+    }
+
+    /// Intersection over union with `other`, in [0, 1].
+    pub fn iou(&self, other: &FaceBox) -> f32 {
+        let w = (self.right().min(other.right()) - self.x.max(other.x)).max(0.0);
+        let h = (self.bottom().min(other.bottom()) - self.y.max(other.y)).max(0.0);
+        let intersection = w * h;
+        let union = self.area() + other.area() - intersection;
+        if union > 0.0 {
+            intersection / union
+        } else {
+            0.0
+        }
+    }
+
+    /// The box clipped to a `width` x `height` frame.
+    pub fn clipped(&self, width: f32, height: f32) -> FaceBox {
+        let x0 = self.x.clamp(0.0, width);
+        let y0 = self.y.clamp(0.0, height);
+        let x1 = self.right().clamp(0.0, width);
+        let y1 = self.bottom().clamp(0.0, height);
+        FaceBox {
+            x: x0,
+            y: y0,
+            width: x1 - x0,
+            height: y1 - y0,
+        }
+    }
+
+    /// `[x, y, width, height]`.
+    pub fn to_array(&self) -> [f32; 4] {
+        [self.x, self.y, self.width, self.height]
+    }
+}
+
+/// Five facial landmarks in frame pixels, in the order CenterFace (and most
+/// five-point detectors) emit them. "Left" and "right" are as seen in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Landmarks {
+    /// The eye nearer the image's left edge (the subject's right eye).
+    pub eye_left: Point,
+    /// The eye nearer the image's right edge.
+    pub eye_right: Point,
+    /// Nose tip.
+    pub nose: Point,
+    /// Mouth corner nearer the image's left edge.
+    pub mouth_left: Point,
+    /// Mouth corner nearer the image's right edge.
+    pub mouth_right: Point,
+}
+
+impl Landmarks {
+    /// The five points in order.
+    pub fn points(&self) -> [Point; 5] {
+        [
+            self.eye_left,
+            self.eye_right,
+            self.nose,
+            self.mouth_left,
+            self.mouth_right,
+        ]
+    }
+
+    /// Builds landmarks from five points in order.
+    pub fn from_points(p: [Point; 5]) -> Self {
+        Self {
+            eye_left: p[0],
+            eye_right: p[1],
+            nose: p[2],
+            mouth_left: p[3],
+            mouth_right: p[4],
+        }
+    }
+
+    /// In-plane roll of the face: the angle of the eye line, in radians,
+    /// positive when the right-hand eye is lower.
+    pub fn roll(&self) -> f32 {
+        (self.eye_right.y - self.eye_left.y).atan2(self.eye_right.x - self.eye_left.x)
+    }
+}
+
+/// One detected face.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    /// Face box in frame pixels.
+    #[serde(rename = "box")]
+    pub bbox: FaceBox,
+    /// Detector confidence in [0, 1].
+    pub score: f32,
+    /// Landmarks, when the backend gives them (CenterFace does, Haar does not).
+    pub landmarks: Option<Landmarks>,
+}
+
+/// Why detection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// The model does not have the inputs or outputs the manifest promises.
+    #[error("face detector model {model}: {reason}")]
+    ModelMismatch {
+        /// Model file.
+        model: String,
+        /// What differs.
+        reason: String,
+    },
+    /// ONNX Runtime failed while running the model.
+    #[error("face detector inference failed: {0}")]
+    Inference(String),
+    /// An OpenCV call failed.
+    #[error("OpenCV failed during detection: {0}")]
+    OpenCv(String),
+    /// The Haar cascade file is missing or invalid.
+    #[error("cannot load Haar cascade {path}: {reason}")]
+    Cascade {
+        /// Cascade file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl From<opencv::Error> for DetectError {
+    fn from(e: opencv::Error) -> Self {
+        Self::OpenCv(e.to_string())
+    }
+}
+
+/// A face detection backend.
+pub trait FaceDetector {
+    /// Detects faces in `frame` with `params`; boxes are in frame pixels,
+    /// sorted by decreasing score, at most `params.max_faces`.
+    fn detect(
+        &mut self,
+        frame: &Frame,
+        params: &DetectorConfig,
+    ) -> Result<Vec<Detection>, DetectError>;
+
+    /// Short backend name for logs.
+    fn name(&self) -> &'static str;
+}
+
+/// Either backend, chosen at run time.
+pub enum Detector {
+    /// CenterFace CNN.
+    Dnn(centerface::CenterFace),
+    /// Haar cascade.
+    Haar(haar::HaarCascade),
+}
+
+impl FaceDetector for Detector {
+    fn detect(
+        &mut self,
+        frame: &Frame,
+        params: &DetectorConfig,
+    ) -> Result<Vec<Detection>, DetectError> {
+        match self {
+            Self::Dnn(d) => d.detect(frame, params),
+            Self::Haar(d) => d.detect(frame, params),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Dnn(d) => d.name(),
+            Self::Haar(d) => d.name(),
+        }
+    }
+}
+
+/// How a frame is resized for detection: the detector sees `width` x `height`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectionScale {
+    /// Width of the downscaled image.
+    pub width: u32,
+    /// Height of the downscaled image.
+    pub height: u32,
+    /// Downscaled width over frame width.
+    pub scale_x: f32,
+    /// Downscaled height over frame height.
+    pub scale_y: f32,
+}
+
+impl DetectionScale {
+    /// The size that fits a `frame_width` x `frame_height` frame within
+    /// `max_side` (never upscaled), keeping the aspect ratio.
+    pub fn for_frame(frame_width: u32, frame_height: u32, max_side: u32) -> Self {
+        let longest = frame_width.max(frame_height).max(1);
+        let factor = (max_side as f32 / longest as f32).min(1.0);
+        let width = ((frame_width as f32 * factor).round() as u32).max(1);
+        let height = ((frame_height as f32 * factor).round() as u32).max(1);
+        Self {
+            width,
+            height,
+            scale_x: width as f32 / frame_width.max(1) as f32,
+            scale_y: height as f32 / frame_height.max(1) as f32,
+        }
+    }
+
+    /// Whether the frame is used at its own size.
+    pub fn is_identity(&self) -> bool {
+        self.scale_x == 1.0 && self.scale_y == 1.0
+    }
+
+    /// A box in detector pixels mapped back to frame pixels.
+    pub fn box_to_frame(&self, b: FaceBox) -> FaceBox {
+        FaceBox {
+            x: b.x / self.scale_x,
+            y: b.y / self.scale_y,
+            width: b.width / self.scale_x,
+            height: b.height / self.scale_y,
+        }
+    }
+
+    /// A point in detector pixels mapped back to frame pixels.
+    pub fn point_to_frame(&self, p: Point) -> Point {
+        Point {
+            x: p.x / self.scale_x,
+            y: p.y / self.scale_y,
+        }
+    }
+}
+
+/// Greedy non-maximum suppression: keeps the highest-scoring detection of
+/// every group overlapping by more than `iou`. Sorts by decreasing score.
+pub fn non_max_suppression(detections: &mut Vec<Detection>, iou: f32) {
+    detections.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::with_capacity(detections.len());
+    for d in detections.drain(..) {
+        if kept.iter().all(|k| k.bbox.iou(&d.bbox) <= iou) {
+            kept.push(d);
+        }
+    }
+    *detections = kept;
+}
+
+/// The common tail of every backend: drop faces below the score threshold or
+/// the minimum size, suppress overlaps, keep the `max_faces` best.
+pub fn filter_detections(detections: &mut Vec<Detection>, params: &DetectorConfig) {
+    detections.retain(|d| {
+        d.score >= params.score_threshold && d.bbox.width.min(d.bbox.height) >= params.min_face_size
+    });
+    non_max_suppression(detections, params.nms_iou);
+    detections.truncate(params.max_faces);
+}
+
+/// Per-channel affine pixel normalisation of a model input, from the manifest:
+/// `value = (pixel - mean[c]) * scale[c]`, channels in model order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalization {
+    /// Channel order the model expects.
+    pub color: ColorOrder,
+    /// Mean per model channel.
+    pub mean: Vec<f32>,
+    /// Scale per model channel.
+    pub scale: Vec<f32>,
+}
+
+impl Normalization {
+    /// Reads and checks the manifest entry's normalisation: one mean and one
+    /// scale per channel (a single value applies to all channels).
+    pub fn from_entry(entry: &ModelEntry) -> Result<Self, String> {
+        let channels = match entry.input.color {
+            ColorOrder::Grey => 1,
+            ColorOrder::Rgb | ColorOrder::Bgr => 3,
+        };
+        let expand = |values: &[f32], what: &str| -> Result<Vec<f32>, String> {
+            match values.len() {
+                1 => Ok(vec![values[0]; channels]),
+                n if n == channels => Ok(values.to_vec()),
+                n => Err(format!(
+                    "preprocess.{what} has {n} values for {channels} channel(s)"
+                )),
+            }
+        };
+        let norm = Self {
+            color: entry.input.color,
+            mean: expand(&entry.preprocess.mean, "mean")?,
+            scale: expand(&entry.preprocess.scale, "scale")?,
+        };
+        if norm.mean.iter().chain(&norm.scale).any(|v| !v.is_finite()) {
+            return Err("preprocess mean/scale must be finite".to_string());
+        }
+        Ok(norm)
+    }
+
+    /// Number of model channels.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Writes an interleaved RGB8 image (`width * height * 3` bytes) into
+    /// `planes` (channel-major, `channels * plane_stride` values) with row stride
+    /// `row_stride` values inside each plane.
+    pub fn fill_planes(
+        &self,
+        rgb: &[u8],
+        width: usize,
+        planes: &mut [f32],
+        plane_stride: usize,
+        row_stride: usize,
+    ) {
+        let source_channel: [usize; 3] = match self.color {
+            ColorOrder::Bgr => [2, 1, 0],
+            ColorOrder::Rgb | ColorOrder::Grey => [0, 1, 2],
+        };
+        if self.color == ColorOrder::Grey {
+            // Grey models get ITU-R BT.601 luma, as OpenCV's RGB2GRAY computes it.
+            let (mean, scale) = (self.mean[0], self.scale[0]);
+            for (y, row) in rgb.chunks_exact(width * 3).enumerate() {
+                let out = &mut planes[y * row_stride..y * row_stride + width];
+                for (o, p) in out.iter_mut().zip(row.chunks_exact(3)) {
+                    let grey = luma_from_rgb(p[0], p[1], p[2]);
+                    *o = (f32::from(grey) - mean) * scale;
+                }
+            }
+            return;
+        }
+        for (c, &src) in source_channel.iter().enumerate().take(self.channels()) {
+            let (mean, scale) = (self.mean[c], self.scale[c]);
+            let plane = &mut planes[c * plane_stride..(c + 1) * plane_stride];
+            for (y, row) in rgb.chunks_exact(width * 3).enumerate() {
+                let out = &mut plane[y * row_stride..y * row_stride + width];
+                for (o, p) in out.iter_mut().zip(row.chunks_exact(3)) {
+                    *o = (f32::from(p[src]) - mean) * scale;
+                }
+            }
+        }
+    }
+
+    /// The input value of a black pixel, per model channel (used for padding).
+    pub fn black(&self) -> Vec<f32> {
+        self.mean
+            .iter()
+            .zip(&self.scale)
+            .map(|(m, s)| -m * s)
+            .collect()
+    }
+}
+
+/// BT.601 luma with OpenCV's fixed-point rounding (`cvtColor(RGB2GRAY)`).
+pub fn luma_from_rgb(r: u8, g: u8, b: u8) -> u8 {
+    // 0.299, 0.587, 0.114 in 14-bit fixed point, as OpenCV.
+    const R: u32 = 4899;
+    const G: u32 = 9617;
+    const B: u32 = 1868;
+    const SHIFT: u32 = 14;
+    ((u32::from(r) * R + u32::from(g) * G + u32::from(b) * B + (1 << (SHIFT - 1))) >> SHIFT) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(x: f32, y: f32, side: f32, score: f32) -> Detection {
+        Detection {
+            bbox: FaceBox {
+                x,
+                y,
+                width: side,
+                height: side,
+            },
+            score,
+            landmarks: None,
+        }
+    }
+
+    #[test]
+    fn iou_of_known_boxes() {
+        let a = FaceBox {
+            x: 0.0,
+            y: 0.0,
+            width: 10.0,
+            height: 10.0,
+        };
+        let b = FaceBox {
+            x: 5.0,
+            y: 0.0,
+            width: 10.0,
+            height: 10.0,
+        };
+        assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-6);
+        assert_eq!(a.iou(&a), 1.0);
+        assert_eq!(a.iou(&FaceBox { x: 20.0, ..a }), 0.0);
+        assert_eq!(FaceBox::default().iou(&FaceBox::default()), 0.0);
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_each_group() {
+        let mut d = vec![
+            det(0.0, 0.0, 10.0, 0.6),
+            det(1.0, 1.0, 10.0, 0.9),
+            det(50.0, 50.0, 10.0, 0.7),
+        ];
+        non_max_suppression(&mut d, 0.3);
+        let scores: Vec<f32> = d.iter().map(|d| d.score).collect();
+        assert_eq!(scores, [0.9, 0.7]);
+    }
+
+    #[test]
+    fn filter_applies_threshold_size_and_count() {
+        let params = DetectorConfig {
+            backend: crate::config::DetectorBackend::Dnn,
+            score_threshold: 0.5,
+            nms_iou: 0.3,
+            min_face_size: 8.0,
+            max_faces: 2,
+            max_side: 320,
+            haar_cascade: Default::default(),
+        };
+        let mut d = vec![
+            det(0.0, 0.0, 10.0, 0.4),
+            det(20.0, 0.0, 4.0, 0.9),
+            det(40.0, 0.0, 10.0, 0.8),
+            det(60.0, 0.0, 10.0, 0.7),
+            det(80.0, 0.0, 10.0, 0.6),
+        ];
+        filter_detections(&mut d, &params);
+        let xs: Vec<f32> = d.iter().map(|d| d.bbox.x).collect();
+        assert_eq!(xs, [40.0, 60.0]);
+    }
+
+    #[test]
+    fn detection_scale_fits_the_longest_side() {
+        let s = DetectionScale::for_frame(1920, 1080, 320);
+        assert_eq!((s.width, s.height), (320, 180));
+        let b = s.box_to_frame(FaceBox {
+            x: 10.0,
+            y: 10.0,
+            width: 20.0,
+            height: 20.0,
+        });
+        assert!((b.x - 60.0).abs() < 1e-3 && (b.width - 120.0).abs() < 1e-3);
+        let s = DetectionScale::for_frame(200, 100, 320);
+        assert!(s.is_identity());
+    }
+
+    #[test]
+    fn luma_matches_opencv_rounding() {
+        assert_eq!(luma_from_rgb(255, 255, 255), 255);
+        assert_eq!(luma_from_rgb(0, 0, 0), 0);
+        assert_eq!(luma_from_rgb(255, 0, 0), 76);
+        assert_eq!(luma_from_rgb(0, 255, 0), 150);
+        assert_eq!(luma_from_rgb(0, 0, 255), 29);
+    }
+}

@@ -1,0 +1,233 @@
+//! CenterFace: a dense single-stage face detector (MobileNetV2 + FPN) that
+//! predicts, on a grid of stride 4, a face-centre heatmap, the log box size,
+//! a sub-cell centre offset and five landmarks per cell.
+//!
+//! The frame is downscaled to fit [`DetectorConfig::max_side`], padded at the
+//! right and bottom to a multiple of 32 (so boxes need no letterbox offset),
+//! and decoded as `models/manifest.toml` documents for `face_detector`. The
+//! resize target and the input tensor are kept between frames and reallocated
+//! only when the frame size changes.
+
+use super::{
+    filter_detections, DetectError, Detection, DetectionScale, FaceBox, FaceDetector, Landmarks,
+    Normalization, Point,
+};
+use crate::config::DetectorConfig;
+use crate::frame::Frame;
+use crate::manifest::ModelEntry;
+use ndarray::Array4;
+use opencv::core::{Mat, Size};
+use opencv::imgproc;
+use opencv::prelude::*;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+/// Output grid stride in input pixels.
+pub const STRIDE: usize = 4;
+/// Input height and width must be multiples of this.
+pub const INPUT_MULTIPLE: u32 = 32;
+/// Number of outputs: heatmap, log box size, centre offset, landmarks.
+const OUTPUT_COUNT: usize = 4;
+/// Landmark channels (five points, y then x).
+const LANDMARK_CHANNELS: usize = 10;
+
+/// The CenterFace detector: its session and its reused buffers.
+pub struct CenterFace {
+    session: Session,
+    model: String,
+    input_name: String,
+    /// Heatmap, scale, offset, landmarks, in that order.
+    output_names: [String; OUTPUT_COUNT],
+    norm: Normalization,
+    resized: Mat,
+    input: Array4<f32>,
+}
+
+fn round_up(value: u32, multiple: u32) -> u32 {
+    value.div_ceil(multiple) * multiple
+}
+
+impl CenterFace {
+    /// Wraps a session of the manifest's `face_detector` entry, checking that
+    /// the model has the input and the four outputs the entry names.
+    pub fn new(session: Session, entry: &ModelEntry) -> Result<Self, DetectError> {
+        let mismatch = |reason: String| DetectError::ModelMismatch {
+            model: entry.file.clone(),
+            reason,
+        };
+        let norm = Normalization::from_entry(entry).map_err(mismatch)?;
+        if norm.channels() != 3 {
+            return Err(mismatch(
+                "the detector needs a 3-channel colour input".to_string(),
+            ));
+        }
+        if !session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == entry.input.name)
+        {
+            return Err(mismatch(format!("no input named {:?}", entry.input.name)));
+        }
+        if entry.outputs.len() != OUTPUT_COUNT {
+            return Err(mismatch(format!(
+                "manifest lists {} outputs, CenterFace has {OUTPUT_COUNT}",
+                entry.outputs.len()
+            )));
+        }
+        for output in &entry.outputs {
+            if !session.outputs().iter().any(|o| o.name() == output.name) {
+                return Err(mismatch(format!("no output named {:?}", output.name)));
+            }
+        }
+        let output_names = [0, 1, 2, 3].map(|i| entry.outputs[i].name.clone());
+        Ok(Self {
+            session,
+            model: entry.file.clone(),
+            input_name: entry.input.name.clone(),
+            output_names,
+            norm,
+            resized: Mat::default(),
+            input: Array4::zeros((1, 3, 0, 0)),
+        })
+    }
+
+    /// Fills the input tensor from the frame; returns the scale used.
+    fn prepare(&mut self, frame: &Frame, max_side: u32) -> Result<DetectionScale, DetectError> {
+        let scale = DetectionScale::for_frame(frame.width(), frame.height(), max_side);
+        let (in_w, in_h) = (
+            round_up(scale.width, INPUT_MULTIPLE) as usize,
+            round_up(scale.height, INPUT_MULTIPLE) as usize,
+        );
+        if self.input.dim() != (1, 3, in_h, in_w) {
+            self.input = Array4::zeros((1, 3, in_h, in_w));
+        }
+        // Padding is black, in model units.
+        for (c, black) in self.norm.black().into_iter().enumerate() {
+            self.input.index_axis_mut(ndarray::Axis(1), c).fill(black);
+        }
+        let source = frame.as_mat()?;
+        let pixels: &[u8] = if scale.is_identity() {
+            source.data_bytes()?
+        } else {
+            let size = Size::new(scale.width as i32, scale.height as i32);
+            // Area averaging: no aliasing when shrinking several times.
+            imgproc::resize(
+                &source,
+                &mut self.resized,
+                size,
+                0.0,
+                0.0,
+                imgproc::INTER_AREA,
+            )?;
+            self.resized.data_bytes()?
+        };
+        let plane = in_w * in_h;
+        let planes = self
+            .input
+            .as_slice_mut()
+            .ok_or_else(|| DetectError::OpenCv("input tensor is not contiguous".into()))?;
+        self.norm
+            .fill_planes(pixels, scale.width as usize, planes, plane, in_w);
+        Ok(scale)
+    }
+
+    /// Runs the network on the prepared input and decodes candidate faces
+    /// (before filtering) in frame pixels.
+    fn infer(
+        &mut self,
+        scale: &DetectionScale,
+        score_threshold: f32,
+    ) -> Result<Vec<Detection>, DetectError> {
+        let inference = |e: ort::Error| DetectError::Inference(e.to_string());
+        let input = TensorRef::from_array_view(self.input.view()).map_err(inference)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(inference)?;
+        let mut maps: Vec<(&[f32], usize, usize)> = Vec::with_capacity(OUTPUT_COUNT);
+        for name in &self.output_names {
+            let value = outputs
+                .get(name.as_str())
+                .ok_or_else(|| DetectError::ModelMismatch {
+                    model: self.model.clone(),
+                    reason: format!("output {name:?} missing from the results"),
+                })?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(inference)?;
+            if shape.len() != 4 || shape[0] != 1 {
+                return Err(DetectError::ModelMismatch {
+                    model: self.model.clone(),
+                    reason: format!("output {name:?} has shape {shape:?}"),
+                });
+            }
+            maps.push((data, shape[2] as usize, shape[3] as usize));
+        }
+        let (heatmap, rows, cols) = maps[0];
+        let plane = rows * cols;
+        let expected = [plane, 2 * plane, 2 * plane, LANDMARK_CHANNELS * plane];
+        if maps
+            .iter()
+            .zip(expected)
+            .any(|(m, n)| m.0.len() != n || m.1 != rows || m.2 != cols)
+        {
+            return Err(DetectError::ModelMismatch {
+                model: self.model.clone(),
+                reason: "output maps disagree in size".into(),
+            });
+        }
+        let (size_map, offset_map, landmark_map) = (maps[1].0, maps[2].0, maps[3].0);
+        let (max_x, max_y) = (scale.width as f32, scale.height as f32);
+        let stride = STRIDE as f32;
+        let mut detections = Vec::new();
+        for (i, &score) in heatmap.iter().enumerate() {
+            if score <= score_threshold {
+                continue;
+            }
+            let (r, c) = (i / cols, i % cols);
+            let box_h = size_map[i].exp() * stride;
+            let box_w = size_map[plane + i].exp() * stride;
+            let cy = (r as f32 + offset_map[i] + 0.5) * stride;
+            let cx = (c as f32 + offset_map[plane + i] + 0.5) * stride;
+            let x1 = (cx - box_w / 2.0).clamp(0.0, max_x);
+            let y1 = (cy - box_h / 2.0).clamp(0.0, max_y);
+            let x2 = (x1 + box_w).min(max_x);
+            let y2 = (y1 + box_h).min(max_y);
+            let mut points = [Point::default(); 5];
+            for (j, p) in points.iter_mut().enumerate() {
+                let y = landmark_map[2 * j * plane + i] * box_h + y1;
+                let x = landmark_map[(2 * j + 1) * plane + i] * box_w + x1;
+                *p = scale.point_to_frame(Point { x, y });
+            }
+            detections.push(Detection {
+                bbox: scale.box_to_frame(FaceBox {
+                    x: x1,
+                    y: y1,
+                    width: x2 - x1,
+                    height: y2 - y1,
+                }),
+                score,
+                landmarks: Some(Landmarks::from_points(points)),
+            });
+        }
+        Ok(detections)
+    }
+}
+
+impl FaceDetector for CenterFace {
+    fn detect(
+        &mut self,
+        frame: &Frame,
+        params: &DetectorConfig,
+    ) -> Result<Vec<Detection>, DetectError> {
+        if frame.is_empty() {
+            return Ok(Vec::new());
+        }
+        let scale = self.prepare(frame, params.max_side)?;
+        let mut detections = self.infer(&scale, params.score_threshold)?;
+        filter_detections(&mut detections, params);
+        Ok(detections)
+    }
+
+    fn name(&self) -> &'static str {
+        "centerface"
+    }
+}
