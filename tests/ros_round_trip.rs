@@ -29,7 +29,8 @@ fn astronaut_photo_round_trip() {
     // Publish until the node answers; every frame has its own stamp.
     let mut sent = Vec::new();
     let answered = wait_for(FIRST_ANSWER, || {
-        let msg = photo_message("tests/fixtures/models/photos/astronaut.jpg", "camera_optical", 1000, sent.len() as u32);
+        let (sec, nanosec) = now_stamp();
+        let msg = photo_message("tests/fixtures/models/photos/astronaut.jpg", "camera_optical", sec, nanosec);
         publisher.publish(&msg).expect("publish");
         sent.push(msg.header);
         std::thread::sleep(Duration::from_millis(100));
@@ -48,12 +49,18 @@ fn astronaut_photo_round_trip() {
     assert_eq!(face.emotion.labels.len(), 7);
     assert!((face.emotion.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-3);
     assert!(face.age_years.is_nan(), "age is off by default");
-    // The astronaut's face, from tests/fixtures/models/detector.json: box
-    // (181.8, 58.1)-(269.7, 178.0); whole-pixel ROI within 2 px.
+    // The astronaut's face, from tests/fixtures/models/detector.json (found at
+    // full resolution): (181.8, 58.1)-(269.7, 178.0). The node detects on a
+    // 320 px downscale by default, so the whole-pixel ROI must overlap it with
+    // IoU >= 0.85.
     let roi = &face.roi;
-    for (got, want) in [(roi.x_offset, 182), (roi.y_offset, 58), (roi.x_offset + roi.width, 270), (roi.y_offset + roi.height, 178)] {
-        assert!((got as i64 - want).abs() <= 2, "roi {roi:?}");
-    }
+    let expected = [181.76f32, 58.06, 269.68, 177.97];
+    let got = [roi.x_offset as f32, roi.y_offset as f32, (roi.x_offset + roi.width) as f32, (roi.y_offset + roi.height) as f32];
+    let inter = (got[2].min(expected[2]) - got[0].max(expected[0])).max(0.0)
+        * (got[3].min(expected[3]) - got[1].max(expected[1])).max(0.0);
+    let area = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
+    let iou = inter / (area(&got) + area(&expected) - inter);
+    assert!(iou >= 0.85, "roi {roi:?}: IoU {iou:.3} with the expected box");
     drop(received);
 
     // Nobody subscribed to images so far: none were made.
@@ -67,8 +74,11 @@ fn astronaut_photo_round_trip() {
     let annotated = collect::<Image>(&test, "/rt/annotated_image", QosProfile::default());
     let saliency_emotion = collect::<Image>(&test, "/rt/saliency/emotion", QosProfile::default());
     let saliency_gender = collect::<Image>(&test, "/rt/saliency/gender", QosProfile::default());
+    let mut image_stamps = Vec::new();
     let got_all = wait_for(FIRST_ANSWER, || {
-        let msg = photo_message("tests/fixtures/models/photos/astronaut.jpg", "camera_optical", 2000, 7);
+        let (sec, nanosec) = now_stamp();
+        let msg = photo_message("tests/fixtures/models/photos/astronaut.jpg", "camera_optical", sec, nanosec);
+        image_stamps.push(msg.header.stamp.clone());
         publisher.publish(&msg).expect("publish");
         std::thread::sleep(Duration::from_millis(100));
         !annotated.lock().unwrap().is_empty()
@@ -79,7 +89,7 @@ fn astronaut_photo_round_trip() {
     for store in [&annotated, &saliency_emotion, &saliency_gender] {
         let images = store.lock().unwrap();
         let (_, img) = images.last().unwrap();
-        assert_eq!(img.header.stamp.sec, 2000);
+        assert!(image_stamps.contains(&img.header.stamp), "stamp {:?} was not sent", img.header.stamp);
         assert_eq!(img.header.frame_id, "camera_optical");
         assert_eq!((img.width, img.height, img.encoding.as_str()), (512, 512, "rgb8"));
         assert_eq!(img.data.len(), 512 * 512 * 3);

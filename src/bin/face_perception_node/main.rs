@@ -12,6 +12,7 @@ mod params;
 
 use anyhow::Context as _;
 use diagnostics::Stats;
+use face_perception::classify::ClassifierTask;
 use face_perception::frame::Frame;
 use face_perception::pipeline::{FrameRequest, Pipeline};
 use futures::StreamExt;
@@ -135,11 +136,7 @@ fn worker(
             }
             continue;
         }
-        let saliency_wanted = subscribed(&outputs.saliency_emotion) || subscribed(&outputs.saliency_gender);
-        let request = FrameRequest {
-            annotated: subscribed(&outputs.annotated),
-            saliency: saliency_wanted.then_some(current.saliency_method),
-        };
+        let request = FrameRequest { annotated: subscribed(&outputs.annotated), saliency: None };
         let convert_ms = started.elapsed().as_secs_f64() * 1e3;
         let result = match pipeline.process(&frame, &request) {
             Ok(r) => r,
@@ -161,27 +158,29 @@ fn worker(
         if let Some(annotated) = result.annotated {
             images += usize::from(outputs.annotated.publish(&messages::image_from_frame(&header, annotated)).is_ok());
         }
-        for (name, image) in result.saliency {
-            let publisher = match name.as_str() {
-                "emotion" => &outputs.saliency_emotion,
-                "gender" => &outputs.saliency_gender,
-                _ => continue,
-            };
-            if subscribed(publisher) {
-                images += usize::from(publisher.publish(&messages::image_from_frame(&header, image)).is_ok());
-            }
-        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut stages = BTreeMap::new();
         stages.insert("convert", convert_ms);
-        stages.insert("detect", result.timings.detect_ms);
-        stages.insert("classify", result.timings.classify_ms);
-        stages.insert("saliency", result.timings.saliency_ms);
-        stages.insert("render", result.timings.render_ms);
-        stages.insert("total", started.elapsed().as_secs_f64() * 1e3);
+        stages.insert("detect", ms(result.timings.detect));
+        stages.insert("classify", ms(result.timings.classify));
+        stages.insert("track", ms(result.timings.track));
+        stages.insert("render", ms(result.timings.render));
+        stages.insert("total", ms(started.elapsed()));
         let mut s = lock_stats(&stats);
         s.published_images += images as u64;
         s.on_processed(age, stages);
     }
+}
+
+/// The detector and the enabled classifiers, for logs and diagnostics.
+fn describe_models(pipeline: &Pipeline) -> Vec<String> {
+    let mut models = vec![format!("detector: {}", pipeline.detector_name())];
+    for task in [ClassifierTask::Gender, ClassifierTask::Emotion, ClassifierTask::Age] {
+        if pipeline.classifier(task).is_some() {
+            models.push(task.model_name().to_string());
+        }
+    }
+    models
 }
 
 fn run() -> anyhow::Result<()> {
@@ -195,9 +194,12 @@ fn run() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let pipeline = Pipeline::new(&initial.config).context("loading the perception pipeline")?;
-    log::info!("models loaded in {:.0} ms: {}", started.elapsed().as_secs_f64() * 1e3, pipeline.describe_models().join(", "));
+    let models = describe_models(&pipeline);
+    log::info!("models loaded in {:.0} ms: {}", started.elapsed().as_secs_f64() * 1e3, models.join(", "));
 
-    let stats = Arc::new(Mutex::new(Stats { models: pipeline.describe_models(), ..Stats::default() }));
+    let mut stats = Stats::default();
+    stats.models = models;
+    let stats = Arc::new(Mutex::new(stats));
     let outputs = Outputs {
         faces: node.create_publisher::<FaceArray>("faces", QosProfile::default().reliable())?,
         annotated: node.create_publisher::<Image>("annotated_image", QosProfile::default())?,

@@ -37,7 +37,7 @@ fn classification(c: Option<&Classification>) -> fp::Classification {
         Some(c) => fp::Classification {
             label: c.label().to_string(),
             confidence: c.confidence(),
-            labels: c.labels.clone(),
+            labels: c.labels.to_vec(),
             probabilities: c.probabilities.clone(),
         },
         None => fp::Classification { label: String::new(), confidence: f32::NAN, labels: vec![], probabilities: vec![] },
@@ -48,10 +48,10 @@ fn face(f: &FaceResult, width: u32, height: u32) -> fp::Face {
     // The box in whole pixels, clipped to the image.
     let x0 = f.bbox.x.floor().clamp(0.0, width as f32) as u32;
     let y0 = f.bbox.y.floor().clamp(0.0, height as f32) as u32;
-    let x1 = (f.bbox.x + f.bbox.w).ceil().clamp(0.0, width as f32) as u32;
-    let y1 = (f.bbox.y + f.bbox.h).ceil().clamp(0.0, height as f32) as u32;
+    let x1 = (f.bbox.x + f.bbox.width).ceil().clamp(0.0, width as f32) as u32;
+    let y1 = (f.bbox.y + f.bbox.height).ceil().clamp(0.0, height as f32) as u32;
     let (age_years, age_confidence) = match &f.age {
-        Some(a) => (a.years, a.confidence),
+        Some(a) => (a.years, age_confidence(a.stddev)),
         None => (f32::NAN, f32::NAN),
     };
     fp::Face {
@@ -69,6 +69,22 @@ fn face(f: &FaceResult, width: u32, height: u32) -> fp::Face {
         age_years,
         age_confidence,
     }
+}
+
+/// Probability that the age lies within +-5 years of the estimate, with the
+/// age distribution taken as normal with the model's standard deviation.
+fn age_confidence(stddev: f32) -> f32 {
+    if stddev <= 0.0 || !stddev.is_finite() {
+        return 1.0;
+    }
+    erf(5.0 / (stddev * std::f32::consts::SQRT_2))
+}
+
+/// Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7).
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    (1.0 - poly * (-x * x).exp()).copysign(x)
 }
 
 /// The `FaceArray` of one processed frame, with the input's header unchanged.

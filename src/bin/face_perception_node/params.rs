@@ -206,6 +206,13 @@ impl RosParams for NodeParams {
         _param: Option<Parameter>,
         params: &mut ParamMap,
     ) -> r2r::Result<()> {
+        // Unknown parameters from a params file are reported, not fatal.
+        for unknown in params.keys() {
+            let known = DESCRIPTIONS.iter().any(|(n, _)| unknown.strip_prefix(prefix) == Some(*n));
+            if !known && unknown != "use_sim_time" && !unknown.starts_with("qos_overrides") {
+                log::warn!("unknown parameter {unknown} ignored");
+            }
+        }
         for (name, description) in DESCRIPTIONS {
             let full = format!("{prefix}{name}");
             // A value from --params-file / -p: applied if valid, else refused
@@ -217,10 +224,6 @@ impl RosParams for NodeParams {
             }
             let value = self.values.get(*name).map(param_from_json).unwrap_or(ParameterValue::NotSet);
             params.insert(full, Parameter { value, description });
-        }
-        // Unknown parameters from a params file are reported, not fatal.
-        for unknown in params.keys().filter(|k| !k.starts_with("use_sim_time") && !k.starts_with("qos_overrides")) {
-            log::warn!("unknown parameter {unknown} ignored");
         }
         self.started = true;
         Ok(())
