@@ -28,7 +28,7 @@ test: setup
 	@$(ENV) if [ -f fuzz/Cargo.toml ]; then cargo build --manifest-path fuzz/Cargo.toml --quiet; fi
 
 demo: setup
-	@$(ENV) cargo build --release --bins --quiet && scripts/demo.sh
+	@$(ENV) cargo build --release --bins --example demo_player --quiet && scripts/demo.sh
 
 bench: setup
 	@$(ENV) cargo bench --no-default-features
