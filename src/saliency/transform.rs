@@ -1035,21 +1035,23 @@ fn max_pool_input_gradient(
         &[&patches],
         vec![
             AttributeProto::int("axis", 1),
-            AttributeProto::int("keepdims", 0),
+            AttributeProto::int("keepdims", 1),
         ],
+    );
+    let mut range_dims = vec![1i64, k];
+    range_dims.extend(std::iter::repeat_n(1, r));
+    let range: Vec<i64> = (0..k).collect();
+    let range = b.i64s(&range_dims, &range);
+    let is_winner = b.op("Equal", &[&winner, &range], vec![]);
+    let mask = b.op(
+        "Cast",
+        &[&is_winner],
+        vec![AttributeProto::int("to", i64::from(DT_FLOAT))],
     );
     let mut g_planes_shape = vec![-1i64, 1];
     g_planes_shape.extend_from_slice(&out_dims[2..]);
     let g_planes_shape = b.i64s(&[r as i64 + 2], &g_planes_shape);
     let g_planes = b.op("Reshape", &[g, &g_planes_shape], vec![]);
-    // A 0/1 float mask of each window's winner, straight from the indices.
-    let depth = b.i64s(&[], &[k]);
-    let off_on = b.f32s(&[2], &[0.0, 1.0]);
-    let mask = b.op(
-        "OneHot",
-        &[&winner, &depth, &off_on],
-        vec![AttributeProto::int("axis", 1)],
-    );
     let columns = b.op("Mul", &[&mask, &g_planes], vec![]);
     let folded = b.op(
         "ConvTranspose",
