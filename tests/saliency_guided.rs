@@ -262,3 +262,55 @@ fn guided_rule_holds_at_every_relu_of_the_emotion_network() {
 fn guided_rule_holds_at_every_relu_of_the_gender_network() {
     check_real_network("gender");
 }
+
+#[test]
+fn batch_edge_cases_are_handled() {
+    if !ort_ready() {
+        return;
+    }
+    let bytes = tiny_classifier(B1, W2, "Relu");
+    let mut model = GradientModel::new(&bytes, None, SaliencyMethod::Guided, 1).expect("model");
+    assert_eq!(model.input_dims(), &[1, 2, 2]);
+    assert_eq!(model.num_classes(), 3);
+    // No faces: no run, empty result.
+    let empty = Array4::<f32>::zeros((0, 1, 2, 2));
+    assert_eq!(
+        model
+            .gradients(empty.view(), None)
+            .expect("empty batch")
+            .dim(),
+        (0, 1, 2, 2)
+    );
+    // Wrong image size, wrong number of classes, class out of range.
+    let wrong = Array4::<f32>::zeros((1, 1, 3, 2));
+    assert!(matches!(
+        model.gradients(wrong.view(), None),
+        Err(SaliencyError::InputShape { .. })
+    ));
+    let batch = tiny_batch();
+    assert!(matches!(
+        model.gradients(batch.view(), Some(&[0])),
+        Err(SaliencyError::Classes { .. })
+    ));
+    assert!(matches!(
+        model.gradients(batch.view(), Some(&[0, 3])),
+        Err(SaliencyError::Classes { .. })
+    ));
+    // A non-contiguous view is accepted.
+    let doubled = Array4::from_shape_fn((4, 1, 2, 2), |(n, c, y, x)| batch[[n / 2, c, y, x]]);
+    let every_other = doubled.slice(ndarray::s![..;2, .., .., ..]);
+    assert!(!every_other.is_standard_layout());
+    assert_eq!(
+        model
+            .gradients(every_other, Some(&[0, 1]))
+            .expect("strided view"),
+        model
+            .gradients(batch.view(), Some(&[0, 1]))
+            .expect("contiguous")
+    );
+    // Not an ONNX model.
+    assert!(matches!(
+        GradientModel::new(b"not a model", None, SaliencyMethod::Guided, 1),
+        Err(SaliencyError::Decode { .. })
+    ));
+}

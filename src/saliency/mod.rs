@@ -12,13 +12,18 @@
 //!   forward input was positive and the incoming gradient is positive;
 //! - the plain gradient (no guided rule), which the tests compare with finite
 //!   differences to prove the transform;
-//! - Grad-CAM (Selvaraju et al. 2017) at the last convolution, upsampled to
-//!   the input size.
+//! - Grad-CAM (Selvaraju et al. 2017) at the last convolution with a spatial
+//!   output, upsampled (bilinear) to the input size.
 //!
-//! All faces of a frame go through one call (dynamic batch). Nothing runs
-//! unless asked: a [`GradientModel`] is only built when saliency is wanted,
-//! and [`render`] turns its output into per-face maps and a frame-sized
-//! heat-map image.
+//! The class is chosen per face (`classes`), or is each face's arg-max. The
+//! score is the input of the `Softmax` behind the graph outputs (or a named
+//! tensor). All faces of a frame go through one call (dynamic batch), and
+//! the call also returns the class scores of the same forward pass
+//! ([`SaliencyBatch::scores`]), so a caller that wants saliency need not run
+//! the classifier separately. Nothing runs unless asked: a [`GradientModel`]
+//! is only built when saliency is wanted (building it takes a probe run and
+//! a session: 15 to 90 ms for the shipped models), and [`render`] turns its output into per-face
+//! maps and a frame-sized heat-map image.
 //!
 //! Supported ops on the path from the image to the score: `Conv` (grouped,
 //! depthwise, pads, strides, dilations, `auto_pad`), `BatchNormalization`
@@ -28,7 +33,16 @@
 //! (constant matrix), `Transpose`, `Concat`, `Identity`, `Dropout`,
 //! `Softmax`; ops that do not depend on the image (`Constant`, shape
 //! arithmetic) may be anything. Anything else gives
-//! [`SaliencyError::UnsupportedOp`] naming the op and the node.
+//! [`SaliencyError::UnsupportedOp`] naming the op and the node; supported
+//! ops with unsupported attributes (e.g. `Pad` in reflect mode, `MaxPool`
+//! with `storage_order=1`) give [`SaliencyError::UnsupportedAttribute`].
+//! Models need default-domain opset 13 or later; the generated graph uses
+//! opset 16 or the model's, whichever is higher.
+//!
+//! Cost: the gradient graph recomputes the forward pass and adds a backward
+//! pass of roughly the forward's convolution work plus masks (ReLU) and
+//! unfold/fold steps (max pooling); `benches/saliency.rs` measures it. On a
+//! busy 2-core machine one intra-op thread per model is faster than two.
 
 pub mod onnx_proto;
 pub mod render;
