@@ -22,8 +22,8 @@
 //! ([`SaliencyBatch::scores`]), so a caller that wants saliency need not run
 //! the classifier separately. Nothing runs unless asked: a [`GradientModel`]
 //! is only built when saliency is wanted (building it takes a probe run and
-//! a session: 15 to 90 ms for the shipped models), and [`render`] turns its output into per-face
-//! maps and a frame-sized heat-map image.
+//! a session: 15 to 90 ms for the shipped models), and [`render`] turns its
+//! output into per-face maps and a frame-sized heat-map image.
 //!
 //! Supported ops on the path from the image to the score: `Conv` (grouped,
 //! depthwise, pads, strides, dilations, `auto_pad`), `BatchNormalization`
