@@ -1,18 +1,21 @@
 //! Per-face classification: gender, emotion and age, each model with its own
 //! preprocessing from `models/manifest.toml`.
 //!
-//! For every face the model's chip is cut from the frame by one affine warp:
-//! a square around the face box, grown by the manifest's `crop_padding` on
-//! each side, turned upright when the detector gave eye landmarks
-//! ([`ClassifierConfig::align_faces`](crate::config::ClassifierConfig)),
-//! resized to the model's input size (area-averaged first when the face is
-//! much larger than the chip, so small chips do not alias), then converted to
-//! grey or kept RGB and normalised. All faces of a frame go to the model in
+//! For every face the model's chip is cut from the frame by one affine warp
+//! ([`ChipAlignment`]): for the dlib models (gender, age), trained on dlib's
+//! aligned face chips, the least-squares similarity taking the detector's five
+//! landmarks onto dlib's face template; otherwise (emotion, or no landmarks) a
+//! square around the face box grown by the manifest's `crop_padding` on each
+//! side, turned upright by the eye line. Alignment can be switched off
+//! ([`ClassifierConfig::align_faces`](crate::config::ClassifierConfig)). The
+//! warp resizes to the model's input size (area-averaged first when the face
+//! is much larger than the chip, so small chips do not alias); the chip is
+//! then converted to grey or kept RGB and normalised. All faces of a frame go to the model in
 //! one batch: one ONNX Runtime call per model and frame. The batch tensor is
 //! allocated once for `max_faces` faces and kept, so saliency can reuse the
 //! exact inputs of the last call ([`Classifier::last_batch`]).
 
-use crate::detect::{Detection, Normalization};
+use crate::detect::{Detection, Landmarks, Normalization};
 use crate::frame::Frame;
 use crate::manifest::{ModelEntry, Task};
 use ndarray::{s, Array4, ArrayView4};
@@ -27,6 +30,18 @@ use std::sync::Arc;
 /// When a face region is more than this many frame pixels per chip pixel, it
 /// is area-averaged down before the warp (bilinear sampling alone would alias).
 const MAX_BILINEAR_SHRINK: f32 = 1.5;
+/// Where CenterFace's five landmarks (eye, eye, nose tip, mouth corner, mouth
+/// corner; image-left first) fall in dlib's face chip, in the unpadded unit
+/// square: measured by `tools/chip_alignment.py` through dlib's own transform
+/// (`models/README.md`, `tests/fixtures/models/chip_alignment.json`). A chip
+/// of side `size` and padding `p` puts point `t` at `(t + p) / (1 + 2p) * size`.
+pub const DLIB_TEMPLATE: [(f32, f32); 5] = [
+    (0.2226, 0.2314),
+    (0.7679, 0.2336),
+    (0.4863, 0.5082),
+    (0.2620, 0.7503),
+    (0.7197, 0.7503),
+];
 /// Output `kind` of a probability output in the manifest.
 const KIND_PROBABILITIES: &str = "probabilities";
 
@@ -217,6 +232,107 @@ pub struct FaceChip {
     pub chip_to_frame: Affine,
 }
 
+/// How a face chip is placed on the face.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChipAlignment {
+    /// A square around the face box grown by the padding, levelled by the eye
+    /// line when landmarks exist.
+    PaddedBox,
+    /// dlib's face chip: least-squares similarity from the five landmarks to
+    /// [`DLIB_TEMPLATE`] with the padding; falls back to
+    /// [`PaddedBox`](ChipAlignment::PaddedBox) without landmarks.
+    DlibTemplate,
+}
+
+impl ChipAlignment {
+    /// The alignment each model was trained with: dlib's chips for the dlib
+    /// gender and age models, a padded box for the FER-2013 emotion model.
+    pub fn for_task(task: ClassifierTask) -> Self {
+        match task {
+            ClassifierTask::Gender | ClassifierTask::Age => Self::DlibTemplate,
+            ClassifierTask::Emotion => Self::PaddedBox,
+        }
+    }
+}
+
+/// Chip placement for `detection`: [`dlib_chip_geometry`] when `alignment`
+/// asks for it and landmarks exist, else [`chip_geometry`] (levelled when `align`).
+pub fn chip_for(
+    detection: &Detection,
+    chip_w: usize,
+    chip_h: usize,
+    padding: f32,
+    alignment: ChipAlignment,
+    align: bool,
+) -> FaceChip {
+    match (&detection.landmarks, alignment, align) {
+        (Some(landmarks), ChipAlignment::DlibTemplate, true) => {
+            dlib_chip_geometry(landmarks, chip_w, chip_h, padding)
+                .unwrap_or_else(|| chip_geometry(detection, chip_w, chip_h, padding, align))
+        }
+        _ => chip_geometry(detection, chip_w, chip_h, padding, align),
+    }
+}
+
+/// dlib-style chip: the least-squares similarity (rotation, uniform scale,
+/// shift) taking the landmarks onto [`DLIB_TEMPLATE`] in a padded chip.
+/// `None` when the landmarks are degenerate (all at one point).
+pub fn dlib_chip_geometry(
+    landmarks: &Landmarks,
+    chip_w: usize,
+    chip_h: usize,
+    padding: f32,
+) -> Option<FaceChip> {
+    let span = 1.0 + 2.0 * padding;
+    // Frame landmarks are continuous coordinates; pixel centres sit at +0.5.
+    let src: Vec<(f32, f32)> = landmarks
+        .points()
+        .iter()
+        .map(|p| (p.x - 0.5, p.y - 0.5))
+        .collect();
+    let dst: Vec<(f32, f32)> = DLIB_TEMPLATE
+        .iter()
+        .map(|&(x, y)| {
+            (
+                (x + padding) / span * chip_w as f32,
+                (y + padding) / span * chip_h as f32,
+            )
+        })
+        .collect();
+    let n = src.len() as f32;
+    let mean = |pts: &[(f32, f32)]| {
+        let (sx, sy) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+        (sx / n, sy / n)
+    };
+    let (ms, md) = (mean(&src), mean(&dst));
+    let (mut a, mut b, mut norm) = (0.0f32, 0.0f32, 0.0f32);
+    for (s, d) in src.iter().zip(&dst) {
+        let (xs, ys) = (s.0 - ms.0, s.1 - ms.1);
+        let (xd, yd) = (d.0 - md.0, d.1 - md.1);
+        a += xs * xd + ys * yd;
+        b += xs * yd - ys * xd;
+        norm += xs * xs + ys * ys;
+    }
+    if norm <= f32::EPSILON {
+        return None;
+    }
+    // Frame to chip: [c -s; s c] p + t.
+    let (c, s) = (a / norm, b / norm);
+    let det = c * c + s * s;
+    if det <= f32::EPSILON || !det.is_finite() {
+        return None;
+    }
+    let t = (md.0 - (c * ms.0 - s * ms.1), md.1 - (s * ms.0 + c * ms.1));
+    // Inverse: [c s; -s c] / det, applied to (q - t).
+    let (ic, is) = (c / det, s / det);
+    let chip_to_frame = Affine([
+        [ic, is, -(ic * t.0 + is * t.1)],
+        [-is, ic, -(-is * t.0 + ic * t.1)],
+    ]);
+    Some(FaceChip { chip_to_frame })
+}
+
 /// The geometry of a face chip: `chip_w` x `chip_h` pixels covering a square
 /// around the face box grown by `padding` on each side, rotated by the eye
 /// line when `align` is set and landmarks exist.
@@ -265,6 +381,7 @@ pub struct Classifier {
     chip_w: usize,
     chip_h: usize,
     padding: f32,
+    alignment: ChipAlignment,
     batch: Array4<f32>,
     batch_len: usize,
     chips: Vec<FaceChip>,
@@ -375,6 +492,7 @@ impl Classifier {
             chip_w,
             chip_h,
             padding: entry.preprocess.crop_padding,
+            alignment: ChipAlignment::for_task(task),
             batch: Array4::zeros((capacity, channels, chip_h, chip_w)),
             batch_len: 0,
             chips: Vec::with_capacity(capacity),
@@ -438,7 +556,14 @@ impl Classifier {
         let source = frame.as_mat()?;
         let plane = self.chip_w * self.chip_h;
         for (i, face) in faces.iter().enumerate() {
-            let chip = chip_geometry(face, self.chip_w, self.chip_h, self.padding, align);
+            let chip = chip_for(
+                face,
+                self.chip_w,
+                self.chip_h,
+                self.padding,
+                self.alignment,
+                align,
+            );
             self.cut_chip(&source, frame, &chip)?;
             let slot = self.batch.slice_mut(s![i, .., .., ..]);
             let values = slot
@@ -650,7 +775,7 @@ pub fn softmax_in_place(values: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{FaceBox, Landmarks, Point};
+    use crate::detect::{FaceBox, Point};
 
     #[test]
     fn chip_geometry_covers_the_padded_box() {
@@ -706,6 +831,27 @@ mod tests {
         assert!(((by - ay) / (bx - ax) - 1.0).abs() < 1e-4);
         let unaligned = chip_geometry(&det, 20, 20, 0.0, false);
         assert_eq!(unaligned.chip_to_frame.0[1][0], 0.0);
+    }
+
+    #[test]
+    fn dlib_chip_maps_template_landmarks_onto_the_template() {
+        // Landmarks that are the template itself, scaled by 100 and shifted:
+        // the chip must put them exactly at the padded template positions.
+        let points = DLIB_TEMPLATE.map(|(x, y)| Point {
+            x: 40.0 + 100.0 * x + 0.5,
+            y: 10.0 + 100.0 * y + 0.5,
+        });
+        let chip = dlib_chip_geometry(&Landmarks::from_points(points), 64, 64, 0.2).unwrap();
+        for (p, (tx, ty)) in points.iter().zip(DLIB_TEMPLATE) {
+            let (u, v) = ((tx + 0.2) / 1.4 * 64.0, (ty + 0.2) / 1.4 * 64.0);
+            let (x, y) = chip.chip_to_frame.apply(u, v);
+            assert!(
+                (x - (p.x - 0.5)).abs() < 1e-3 && (y - (p.y - 0.5)).abs() < 1e-3,
+                "{x} {y} vs {p:?}"
+            );
+        }
+        let degenerate = Landmarks::from_points([Point { x: 5.0, y: 5.0 }; 5]);
+        assert!(dlib_chip_geometry(&degenerate, 64, 64, 0.2).is_none());
     }
 
     #[test]

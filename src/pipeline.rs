@@ -246,7 +246,7 @@ fn load_detector(config: &Config, manifest: Option<&Manifest>) -> Result<Detecto
             let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
             let (session, entry) =
                 load_session(manifest, DETECTOR_MODEL, config.intra_op_threads())?;
-            Ok(Detector::Dnn(CenterFace::new(session, &entry)?))
+            Ok(Detector::Dnn(Box::new(CenterFace::new(session, &entry)?)))
         }
     }
 }

@@ -6,11 +6,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use face_perception::classify::Classification;
 use face_perception::config::{Config, RawConfig};
 use face_perception::frame::{Frame, FrameError, FrameLimits};
 use face_perception::pipeline::{FaceResult, FrameRequest, FrameResult, Pipeline};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Map, Value};
+use serde::ser::SerializeMap;
+use serde::Serialize;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -256,74 +258,116 @@ fn round_to(value: f64, decimals: i32) -> f64 {
     (value * factor).round() / factor
 }
 
-fn classification_json(c: &face_perception::classify::Classification) -> Value {
-    let mut probabilities = Map::new();
-    for (label, p) in c.labels.iter().zip(&c.probabilities) {
-        probabilities.insert(
-            label.clone(),
-            json!(round_to(f64::from(*p), PROBABILITY_DECIMALS)),
-        );
+/// Probabilities keyed by label, in the model's label order.
+struct Probabilities<'a>(&'a Classification);
+
+impl Serialize for Probabilities<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.labels.len()))?;
+        for (label, p) in self.0.labels.iter().zip(&self.0.probabilities) {
+            map.serialize_entry(label, &round_to(f64::from(*p), PROBABILITY_DECIMALS))?;
+        }
+        map.end()
     }
-    json!({
-        "label": c.label(),
-        "confidence": round_to(f64::from(c.confidence()), PROBABILITY_DECIMALS),
-        "probabilities": probabilities,
-    })
 }
 
-fn face_json(face: &FaceResult) -> Value {
-    let mut object = Map::new();
-    object.insert("id".into(), json!(face.id));
-    let b = face
-        .bbox
-        .to_array()
-        .map(|v| round_to(f64::from(v), BOX_DECIMALS));
-    object.insert("box".into(), json!(b));
-    object.insert(
-        "score".into(),
-        json!(round_to(f64::from(face.score), PROBABILITY_DECIMALS)),
-    );
-    if let Some(g) = &face.gender {
-        object.insert("gender".into(), classification_json(g));
+#[derive(Serialize)]
+struct ClassRecord<'a> {
+    label: &'a str,
+    confidence: f64,
+    probabilities: Probabilities<'a>,
+}
+
+impl<'a> ClassRecord<'a> {
+    fn new(c: &'a Classification) -> Self {
+        Self {
+            label: c.label(),
+            confidence: round_to(f64::from(c.confidence()), PROBABILITY_DECIMALS),
+            probabilities: Probabilities(c),
+        }
     }
-    if let Some(e) = &face.emotion {
-        object.insert("emotion".into(), classification_json(e));
+}
+
+#[derive(Serialize)]
+struct AgeRecord {
+    years: f64,
+    stddev: f64,
+}
+
+#[derive(Serialize)]
+struct FaceRecord<'a> {
+    id: &'a str,
+    #[serde(rename = "box")]
+    bbox: [f64; 4],
+    score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gender: Option<ClassRecord<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    emotion: Option<ClassRecord<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age: Option<AgeRecord>,
+}
+
+impl<'a> FaceRecord<'a> {
+    fn new(face: &'a FaceResult) -> Self {
+        Self {
+            id: &face.id,
+            bbox: face
+                .bbox
+                .to_array()
+                .map(|v| round_to(f64::from(v), BOX_DECIMALS)),
+            score: round_to(f64::from(face.score), PROBABILITY_DECIMALS),
+            gender: face.gender.as_ref().map(ClassRecord::new),
+            emotion: face.emotion.as_ref().map(ClassRecord::new),
+            age: face.age.as_ref().map(|a| AgeRecord {
+                years: round_to(f64::from(a.years), 1),
+                stddev: round_to(f64::from(a.stddev), 1),
+            }),
+        }
     }
-    if let Some(a) = &face.age {
-        object.insert(
-            "age".into(),
-            json!({"years": round_to(f64::from(a.years), 1), "stddev": round_to(f64::from(a.stddev), 1)}),
-        );
-    }
-    Value::Object(object)
+}
+
+#[derive(Serialize)]
+struct TimingsRecord {
+    detect: f64,
+    classify: f64,
+    total: f64,
+}
+
+/// One line of output: an image or a video frame.
+#[derive(Serialize)]
+struct ImageRecord<'a> {
+    image: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frame: Option<u64>,
+    width: u32,
+    height: u32,
+    faces: Vec<FaceRecord<'a>>,
+    timings_ms: TimingsRecord,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
     round_to(d.as_secs_f64() * 1000.0, TIMING_DECIMALS)
 }
 
-fn result_json(
-    image: &str,
+fn image_record<'a>(
+    image: &'a str,
     frame_index: Option<u64>,
     frame: &Frame,
-    result: &FrameResult,
-) -> Value {
-    let mut object = Map::new();
-    object.insert("image".into(), json!(image));
-    if let Some(i) = frame_index {
-        object.insert("frame".into(), json!(i));
+    result: &'a FrameResult,
+) -> ImageRecord<'a> {
+    ImageRecord {
+        image,
+        frame: frame_index,
+        width: frame.width(),
+        height: frame.height(),
+        faces: result.faces.iter().map(FaceRecord::new).collect(),
+        timings_ms: TimingsRecord {
+            detect: ms(result.timings.detect),
+            classify: ms(result.timings.classify),
+            total: ms(result.timings.total),
+        },
     }
-    object.insert("width".into(), json!(frame.width()));
-    object.insert("height".into(), json!(frame.height()));
-    object.insert(
-        "faces".into(),
-        Value::Array(result.faces.iter().map(face_json).collect()),
-    );
-    object.insert(
-        "timings_ms".into(),
-        json!({"detect": ms(result.timings.detect), "classify": ms(result.timings.classify), "total": ms(result.timings.total)}),
-    );
-    Value::Object(object)
 }
 
 /// Chooses an output file name in `dir` not used before in this run.
@@ -364,7 +408,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn emit(&mut self, value: &Value) -> Result<()> {
+    fn emit(&mut self, value: &ImageRecord<'_>) -> Result<()> {
         serde_json::to_writer(&mut self.out, value)?;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
@@ -381,7 +425,8 @@ impl Run<'_> {
             saliency: None,
         };
         let result = self.pipeline.process(&frame, &request)?;
-        self.emit(&result_json(&path.to_string_lossy(), None, &frame, &result))?;
+        let name = path.to_string_lossy();
+        self.emit(&image_record(&name, None, &frame, &result))?;
         if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
             let out = output_path(dir, path, "png", &mut self.used_names);
             write_png(&out, annotated)?;
@@ -413,13 +458,13 @@ impl Run<'_> {
         while capture.read(&mut bgr)? && !bgr.empty() {
             let this = index;
             index += 1;
-            if this % self.every.max(1) != 0 {
+            if !this.is_multiple_of(self.every.max(1)) {
                 continue;
             }
             let frame =
                 frame_from_bgr_mat(&bgr, self.video_config.frame_limits(), &mut contiguous)?;
             let result = self.pipeline.process(&frame, &request)?;
-            self.emit(&result_json(&name, Some(this), &frame, &result))?;
+            self.emit(&image_record(&name, Some(this), &frame, &result))?;
             if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
                 if writer.is_none() {
                     let out = output_path(dir, path, "avi", &mut self.used_names);

@@ -203,7 +203,7 @@ pub trait FaceDetector {
 /// Either backend, chosen at run time.
 pub enum Detector {
     /// CenterFace CNN.
-    Dnn(centerface::CenterFace),
+    Dnn(Box<centerface::CenterFace>),
     /// Haar cascade.
     Haar(haar::HaarCascade),
 }

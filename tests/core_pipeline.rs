@@ -1,0 +1,344 @@
+//! The pipeline on real photos (`tests/fixtures/models/photos`, public domain
+//! or CC0; see their LICENCES.md) with the real models of `models/`.
+//!
+//! Acceptance: the astronaut photo gives exactly one face, female, happy.
+//! Detector parity: with the whole photo as network input, the faces of
+//! `tests/fixtures/models/detector.json` (made by the models' Python reference)
+//! are found, each matching with IoU >= 0.9 and landmarks within 2 px.
+
+use face_perception::classify::ClassifierTask;
+use face_perception::config::{Config, RawConfig};
+use face_perception::detect::FaceBox;
+use face_perception::frame::{Frame, FrameLimits};
+use face_perception::pipeline::{FrameRequest, Pipeline, PipelineError, SaliencyRequest};
+use std::path::{Path, PathBuf};
+
+const PHOTOS: &str = "tests/fixtures/models/photos";
+/// Minimum IoU between our boxes and the reference detector's.
+const BOX_IOU_TOLERANCE: f32 = 0.9;
+/// Maximum landmark distance from the reference, in pixels.
+const LANDMARK_TOLERANCE_PX: f32 = 2.0;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn photo(name: &str) -> Frame {
+    let path = repo().join(PHOTOS).join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Frame::from_compressed("jpeg", &bytes, &FrameLimits::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn config(raw: RawConfig) -> Config {
+    let models_dir = repo().join("models").to_string_lossy().into_owned();
+    Config::from_raw(RawConfig {
+        models_dir,
+        tracking: false,
+        smoothing: "off".into(),
+        ..raw
+    })
+    .unwrap()
+}
+
+fn pipeline(raw: RawConfig) -> Pipeline {
+    Pipeline::new(&config(raw)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn astronaut_is_one_happy_woman() {
+    let mut p = pipeline(RawConfig::default());
+    let result = p
+        .process(&photo("astronaut.jpg"), &FrameRequest::default())
+        .unwrap();
+    assert_eq!(result.faces.len(), 1, "{:?}", result.faces);
+    let face = &result.faces[0];
+    let gender = face.gender.as_ref().unwrap();
+    let emotion = face.emotion.as_ref().unwrap();
+    assert_eq!(gender.label(), "female", "{gender:?}");
+    assert_eq!(emotion.label(), "happy", "{emotion:?}");
+    assert!(emotion.confidence() > 0.9, "{emotion:?}");
+    assert_eq!(emotion.probabilities.len(), 7);
+    assert!((emotion.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    assert!(face.age.is_none(), "age is off by default");
+}
+
+#[test]
+fn astronaut_with_haar_is_one_happy_woman() {
+    let mut p = pipeline(RawConfig {
+        detector: "haar".into(),
+        ..RawConfig::default()
+    });
+    let result = p
+        .process(&photo("astronaut.jpg"), &FrameRequest::default())
+        .unwrap();
+    assert_eq!(result.faces.len(), 1, "{:?}", result.faces);
+    assert!(result.faces[0].landmarks.is_none());
+    assert_eq!(result.faces[0].emotion.as_ref().unwrap().label(), "happy");
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    photos: Vec<ReferencePhoto>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReferencePhoto {
+    file: String,
+    faces: Vec<ReferenceFace>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReferenceFace {
+    #[serde(rename = "box")]
+    corners: [f32; 4],
+    landmarks: [[f32; 2]; 5],
+}
+
+#[test]
+fn detector_matches_the_python_reference() {
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/models/detector.json")).unwrap();
+    let reference: Reference = serde_json::from_str(&text).unwrap();
+    // Whole photo as network input, as the reference ran it.
+    let mut p = pipeline(RawConfig {
+        detection_max_side: 640,
+        min_face_size: 0,
+        ..RawConfig::default()
+    });
+    for expected in &reference.photos {
+        let name = Path::new(&expected.file)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let found = p.detect(&photo(name)).unwrap();
+        assert_eq!(found.len(), expected.faces.len(), "{name}: {found:?}");
+        for want in &expected.faces {
+            let [x1, y1, x2, y2] = want.corners;
+            let want_box = FaceBox {
+                x: x1,
+                y: y1,
+                width: x2 - x1,
+                height: y2 - y1,
+            };
+            let best = found
+                .iter()
+                .max_by(|a, b| a.bbox.iou(&want_box).total_cmp(&b.bbox.iou(&want_box)))
+                .unwrap();
+            let iou = best.bbox.iou(&want_box);
+            assert!(
+                iou >= BOX_IOU_TOLERANCE,
+                "{name}: IoU {iou} with {want_box:?}"
+            );
+            let landmarks = best.landmarks.unwrap().points();
+            for (p, [x, y]) in landmarks.iter().zip(want.landmarks) {
+                let d = ((p.x - x).powi(2) + (p.y - y).powi(2)).sqrt();
+                assert!(
+                    d <= LANDMARK_TOLERANCE_PX,
+                    "{name}: landmark {p:?} vs ({x}, {y})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn downscaled_detection_maps_boxes_back_to_the_frame() {
+    let small = photo("astronaut.jpg");
+    // The same photo at twice the size: the detector sees the same 320 px image.
+    let big = {
+        let (w, h) = (small.width() * 2, small.height() * 2);
+        let mut data = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                data.extend_from_slice(&small.pixel(x / 2, y / 2).unwrap());
+            }
+        }
+        Frame::from_rgb8(w, h, data).unwrap()
+    };
+    let mut p = pipeline(RawConfig::default());
+    let a = p.detect(&small).unwrap();
+    let b = p.detect(&big).unwrap();
+    assert_eq!((a.len(), b.len()), (1, 1));
+    let doubled = FaceBox {
+        x: a[0].bbox.x * 2.0,
+        y: a[0].bbox.y * 2.0,
+        width: a[0].bbox.width * 2.0,
+        height: a[0].bbox.height * 2.0,
+    };
+    assert!(
+        b[0].bbox.iou(&doubled) > 0.9,
+        "{:?} vs {doubled:?}",
+        b[0].bbox
+    );
+}
+
+#[test]
+fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
+    let frame = photo("group.jpg");
+    let mut p = pipeline(RawConfig {
+        detection_max_side: 640,
+        enable_age: true,
+        ..RawConfig::default()
+    });
+    let faces = p.detect(&frame).unwrap();
+    assert_eq!(faces.len(), 3);
+    let batched = p.classify(&frame, &faces).unwrap();
+    for task in [
+        ClassifierTask::Gender,
+        ClassifierTask::Emotion,
+        ClassifierTask::Age,
+    ] {
+        assert_eq!(
+            p.classifier(task).unwrap().last_batch().shape()[0],
+            3,
+            "{task:?}"
+        );
+    }
+    for (i, face) in faces.iter().enumerate() {
+        let single = p.classify(&frame, std::slice::from_ref(face)).unwrap();
+        for (b, s) in [
+            (&batched.gender, &single.gender),
+            (&batched.emotion, &single.emotion),
+            (&batched.age, &single.age),
+        ] {
+            let (b, s) = (&b.as_ref().unwrap()[i], &s.as_ref().unwrap()[0]);
+            let diff = b
+                .probabilities
+                .iter()
+                .zip(&s.probabilities)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            // Tolerance 1e-4: batching may change the kernel's summation order.
+            assert!(diff < 1e-4, "face {i}: batched and single differ by {diff}");
+        }
+    }
+}
+
+#[test]
+fn annotated_image_and_saliency_inputs_on_request() {
+    let frame = photo("astronaut.jpg");
+    let mut p = pipeline(RawConfig::default());
+    let plain = p.process(&frame, &FrameRequest::default()).unwrap();
+    assert!(plain.annotated.is_none() && plain.saliency.is_none());
+    let request = FrameRequest {
+        annotated: true,
+        saliency: Some(SaliencyRequest {
+            task: ClassifierTask::Emotion,
+            class_index: None,
+        }),
+    };
+    let result = p.process(&frame, &request).unwrap();
+    let annotated = result.annotated.unwrap();
+    assert_eq!(
+        (annotated.width(), annotated.height()),
+        (frame.width(), frame.height())
+    );
+    let changed = annotated
+        .data()
+        .iter()
+        .zip(frame.data())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(changed > 1000, "only {changed} bytes drawn");
+    let saliency = result.saliency.unwrap();
+    assert_eq!(saliency.batch.shape(), &[1, 1, 64, 64]);
+    assert_eq!(saliency.face_ids, ["0"]);
+    assert_eq!(saliency.top_classes, [3], "happy is class 3");
+}
+
+#[test]
+fn reconfigure_switches_classifiers_and_detectors() {
+    let frame = photo("astronaut.jpg");
+    let mut p = pipeline(RawConfig::default());
+    p.reconfigure(&config(RawConfig {
+        enable_emotion: false,
+        enable_age: true,
+        ..RawConfig::default()
+    }))
+    .unwrap();
+    let face = p
+        .process(&frame, &FrameRequest::default())
+        .unwrap()
+        .faces
+        .remove(0);
+    assert!(face.emotion.is_none() && face.gender.is_some());
+    let age = face.age.unwrap();
+    assert!(age.years > 15.0 && age.years < 60.0, "{age:?}");
+    p.reconfigure(&config(RawConfig {
+        detector: "haar".into(),
+        ..RawConfig::default()
+    }))
+    .unwrap();
+    assert_eq!(p.detector_name(), "haar");
+    let err = p.process(
+        &frame,
+        &FrameRequest {
+            annotated: false,
+            saliency: Some(SaliencyRequest {
+                task: ClassifierTask::Age,
+                class_index: None,
+            }),
+        },
+    );
+    assert!(matches!(
+        err,
+        Err(PipelineError::SaliencyTargetDisabled(ClassifierTask::Age))
+    ));
+}
+
+#[test]
+fn a_missing_model_file_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("models/manifest.toml"),
+        dir.path().join("manifest.toml"),
+    )
+    .unwrap();
+    let raw = RawConfig {
+        models_dir: dir.path().to_string_lossy().into_owned(),
+        ..RawConfig::default()
+    };
+    let err = match Pipeline::new(&Config::from_raw(raw).unwrap()) {
+        Ok(_) => panic!("models are missing"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("centerface.onnx"), "{err}");
+}
+
+#[test]
+fn a_corrupt_model_file_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("models/manifest.toml"),
+        dir.path().join("manifest.toml"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("centerface.onnx"), b"not a model").unwrap();
+    let raw = RawConfig {
+        models_dir: dir.path().to_string_lossy().into_owned(),
+        ..RawConfig::default()
+    };
+    let err = match Pipeline::new(&Config::from_raw(raw).unwrap()) {
+        Ok(_) => panic!("the model is corrupt"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("centerface.onnx"), "{err}");
+}
+
+#[test]
+fn an_empty_frame_has_no_faces() {
+    let mut p = pipeline(RawConfig::default());
+    let black = Frame::filled(640, 480, [0, 0, 0]);
+    let result = p
+        .process(
+            &black,
+            &FrameRequest {
+                annotated: true,
+                saliency: None,
+            },
+        )
+        .unwrap();
+    assert!(result.faces.is_empty());
+    assert_eq!(result.annotated.unwrap(), black);
+}
