@@ -240,6 +240,14 @@ fn session_from_bytes(
             context,
             source: e.into(),
         })?
+        // Idle worker threads sleep instead of spinning: on a robot's shared
+        // cores spinning steals time from the other nodes (and, measured on
+        // a loaded 2-core machine, from the other worker).
+        .with_intra_op_spinning(false)
+        .map_err(|e| SaliencyError::Ort {
+            context,
+            source: e.into(),
+        })?
         .commit_from_memory(bytes)
         .map_err(ort_err(context))
 }
