@@ -730,7 +730,7 @@ fn backward_node(
         }
         "GlobalAveragePool" => {
             let in_dims = ctx.dims(&x)?;
-            let count: i64 = in_dims[2..].iter().product();
+            let count: i64 = in_dims.get(2..).unwrap_or_default().iter().product();
             let inv = b.f32s(&[], &[1.0 / count as f32]);
             let scaled = b.op("Mul", &[g, &inv], zero());
             let shape = b.op("Shape", &[&x], zero());
@@ -742,6 +742,9 @@ fn backward_node(
             Ok(vec![(0, b.op("Where", &[&is_max, g, &zero_f], zero()))])
         }
         "Add" | "Sub" | "Sum" => {
+            if node.op_type != "Sum" && node.input.len() != 2 {
+                return Err(unsupported_attr(node, "expected two inputs"));
+            }
             let out_dims = ctx.dims(&y)?.to_vec();
             let mut grads = Vec::new();
             for &i in &active_inputs {
@@ -755,6 +758,9 @@ fn backward_node(
             Ok(grads)
         }
         "Mul" => {
+            if node.input.len() != 2 {
+                return Err(unsupported_attr(node, "expected two inputs"));
+            }
             let out_dims = ctx.dims(&y)?.to_vec();
             let mut grads = Vec::new();
             for &i in &active_inputs {
@@ -766,6 +772,9 @@ fn backward_node(
             Ok(grads)
         }
         "Div" => {
+            if node.input.len() != 2 {
+                return Err(unsupported_attr(node, "expected two inputs"));
+            }
             let out_dims = ctx.dims(&y)?.to_vec();
             let divisor = node.input[1].clone();
             let mut grads = Vec::new();
@@ -845,7 +854,8 @@ fn backward_node(
                 .get(&w)
                 .and_then(|t| t.to_f32().map(|v| (t.dims.clone(), v)));
             if let (false, Some((dims, values))) = (trans_a, constant) {
-                if let [rows, cols] = dims[..] {
+                let complete = values.len() as i64 == dims.iter().product::<i64>();
+                if let (&[rows, cols], true) = (dims.as_slice(), complete) {
                     // dL/dA = alpha g B'^T, with B'^T stored ready-made (ORT's
                     // Gemm with transB re-packs the matrix on every run).
                     let b_prime_t = if trans_b {
@@ -1086,7 +1096,10 @@ fn conv_input_gradient(
     if let (Some(scale), Some((dims, values))) = (output_scale, weights.as_mut()) {
         // Fold the per-output-channel factor of the following scale node.
         let per_channel = values.len() / scale.len().max(1);
-        if dims.first() == Some(&(scale.len() as i64)) {
+        if dims.first() == Some(&(scale.len() as i64))
+            && per_channel > 0
+            && values.len() == per_channel * scale.len()
+        {
             for (chunk, f) in values.chunks_mut(per_channel).zip(scale) {
                 chunk.iter_mut().for_each(|v| *v *= f);
             }
@@ -1095,7 +1108,8 @@ fn conv_input_gradient(
     if let (true, true, Some((dims, values))) =
         (unit_stride, back_pads.iter().all(|&p| p >= 0), &weights)
     {
-        if dims.len() == r + 2 && group >= 1 && dims[0] % group == 0 {
+        let complete = values.len() as i64 == dims.iter().product::<i64>();
+        if complete && dims.len() == r + 2 && group >= 1 && dims[0] % group == 0 && dims[1] > 0 {
             let flipped = flipped_transposed_weights(dims, values, group);
             let (m, c_per_group) = (dims[0], dims[1]);
             let mut new_dims = vec![c_per_group * group, m / group];
