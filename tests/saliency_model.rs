@@ -6,7 +6,7 @@
 
 mod saliency_common;
 
-use face_perception::saliency::{GradientModel, SaliencyMethod};
+use face_perception::saliency::{GradientModel, SaliencyError, SaliencyMethod, SaliencyOptions};
 use ndarray::{Array2, Axis};
 use saliency_common::{golden_batch, model, ort_ready, repo};
 
@@ -124,4 +124,28 @@ fn gradcam_maps_are_input_sized_non_negative_and_not_flat() {
             assert!(max > min, "{name}: flat Grad-CAM map");
         }
     }
+}
+
+#[test]
+fn gradcam_layer_can_be_named() {
+    if !ort_ready() {
+        return;
+    }
+    let (Some((bytes, _)), Some((batch, _))) = (model("emotion"), golden_batch("emotion")) else {
+        return;
+    };
+    let options = |layer| SaliencyOptions {
+        method: SaliencyMethod::GradCam,
+        gradcam_layer: Some(layer),
+        ..Default::default()
+    };
+    // The 8 x 8 features of the last residual block's separable convolutions.
+    let mut model = GradientModel::with_options(&bytes, &options("batch_normalization_14"))
+        .expect("named layer");
+    let maps = model.gradients(batch.view(), None).expect("gradcam");
+    assert_eq!(maps.dim(), (batch.dim().0, 1, 64, 64));
+    assert!(matches!(
+        GradientModel::with_options(&bytes, &options("no_such_tensor")),
+        Err(SaliencyError::InvalidModel { .. })
+    ));
 }

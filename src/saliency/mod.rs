@@ -317,7 +317,7 @@ pub fn gradient_model_bytes(
 ) -> Result<Vec<u8>, SaliencyError> {
     let fwd = transform::ForwardModel::parse(model_bytes, pre_softmax_output)?;
     let shapes = probe_shapes(&fwd)?;
-    transform::gradient_model(&fwd, &shapes, method, false)
+    transform::gradient_model(&fwd, &shapes, method, None, false)
 }
 
 /// Like [`gradient_model_bytes`], with every ReLU's forward input, incoming
@@ -330,7 +330,7 @@ pub fn gradient_model_bytes_with_relu_taps(
 ) -> Result<Vec<u8>, SaliencyError> {
     let fwd = transform::ForwardModel::parse(model_bytes, pre_softmax_output)?;
     let shapes = probe_shapes(&fwd)?;
-    transform::gradient_model(&fwd, &shapes, method, true)
+    transform::gradient_model(&fwd, &shapes, method, None, true)
 }
 
 /// The classifier cut at its pre-softmax score (the score tensor is the only
@@ -340,6 +340,32 @@ pub fn score_model_bytes(
     pre_softmax_output: Option<&str>,
 ) -> Result<Vec<u8>, SaliencyError> {
     Ok(transform::ForwardModel::parse(model_bytes, pre_softmax_output)?.score_model())
+}
+
+/// Everything [`GradientModel::with_options`] can be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaliencyOptions<'a> {
+    /// Which saliency.
+    pub method: SaliencyMethod,
+    /// The class-score tensor; `None`: the input of the `Softmax` behind the
+    /// graph outputs (or the only output).
+    pub pre_softmax_output: Option<&'a str>,
+    /// Grad-CAM only: the feature-map tensor to explain; `None`: the output
+    /// of the last convolution with a spatial output.
+    pub gradcam_layer: Option<&'a str>,
+    /// ONNX Runtime intra-op threads.
+    pub intra_threads: usize,
+}
+
+impl Default for SaliencyOptions<'_> {
+    fn default() -> Self {
+        SaliencyOptions {
+            method: SaliencyMethod::Guided,
+            pre_softmax_output: None,
+            gradcam_layer: None,
+            intra_threads: 1,
+        }
+    }
 }
 
 impl GradientModel {
@@ -352,9 +378,26 @@ impl GradientModel {
         method: SaliencyMethod,
         intra_threads: usize,
     ) -> Result<Self, SaliencyError> {
-        let fwd = transform::ForwardModel::parse(model_bytes, pre_softmax_output)?;
+        Self::with_options(
+            model_bytes,
+            &SaliencyOptions {
+                method,
+                pre_softmax_output,
+                gradcam_layer: None,
+                intra_threads,
+            },
+        )
+    }
+
+    /// Like [`GradientModel::new`], with every option.
+    pub fn with_options(
+        model_bytes: &[u8],
+        options: &SaliencyOptions<'_>,
+    ) -> Result<Self, SaliencyError> {
+        let method = options.method;
+        let fwd = transform::ForwardModel::parse(model_bytes, options.pre_softmax_output)?;
         let shapes = probe_shapes(&fwd)?;
-        let bytes = transform::gradient_model(&fwd, &shapes, method, false)?;
+        let bytes = transform::gradient_model(&fwd, &shapes, method, options.gradcam_layer, false)?;
         let num_classes = shapes
             .get(&fwd.score_name)
             .and_then(|d| d.get(1))
@@ -368,7 +411,7 @@ impl GradientModel {
             .unwrap_or_default();
         let session = session_from_bytes(
             &bytes,
-            intra_threads,
+            options.intra_threads,
             "loading the generated saliency graph",
         )?;
         Ok(GradientModel {

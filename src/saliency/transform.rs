@@ -1315,6 +1315,11 @@ fn fold_channel_scales(fwd: &ForwardModel, graph: &GraphProto, ctx: &mut Context
 
 /// Builds the gradient model from a parsed forward model and its probed shapes.
 ///
+/// Grad-CAM uses `gradcam_layer` (a tensor name: the first output of a node
+/// before the score) if given, else the output of the last convolution with
+/// a spatial output, or that convolution's input if it is a class-map
+/// convolution (one output channel per class, as in mini-Xception).
+///
 /// With `relu_taps`, every ReLU on the gradient path also exposes, as extra
 /// outputs `tap/<node>/x` (forward input), `tap/<node>/grad_out` (incoming
 /// gradient) and `tap/<node>/grad_in` (gradient passed on), so that tests
@@ -1323,6 +1328,7 @@ pub fn gradient_model(
     fwd: &ForwardModel,
     shapes: &ProbeShapes,
     method: SaliencyMethod,
+    gradcam_layer: Option<&str>,
     relu_taps: bool,
 ) -> Result<Vec<u8>, SaliencyError> {
     let graph = fwd
@@ -1414,20 +1420,53 @@ pub fn gradient_model(
         .ok_or_else(|| invalid("score tensor has no producer"))?;
     let mut forward: Vec<NodeProto> = fwd.nodes[..=score_node].to_vec();
 
-    let gradcam_target = match method {
-        SaliencyMethod::GradCam => {
+    let spatial = |o: &String| {
+        shapes
+            .get(o)
+            .is_some_and(|d| d.len() > 2 && d[2..].iter().product::<i64>() > 1)
+    };
+    let gradcam_target = match (method, gradcam_layer) {
+        (SaliencyMethod::GradCam, Some(layer)) => {
+            let index = forward
+                .iter()
+                .position(|n| n.output.first().is_some_and(|o| o == layer))
+                .filter(|_| ctx.is_active(layer) && spatial(&layer.to_string()))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "Grad-CAM layer {layer} is not an image-dependent feature map before the score"
+                    ))
+                })?;
+            Some((index, layer.to_string()))
+        }
+        (SaliencyMethod::GradCam, None) => {
             let found = forward.iter().rposition(|n| {
                 n.op_type == "Conv"
-                    && n.output.first().is_some_and(|o| {
-                        ctx.is_active(o)
-                            && shapes
-                                .get(o)
-                                .is_some_and(|d| d.len() > 2 && d[2..].iter().product::<i64>() > 1)
-                    })
+                    && n.output
+                        .first()
+                        .is_some_and(|o| ctx.is_active(o) && spatial(o))
             });
             let index = found
                 .ok_or_else(|| invalid("Grad-CAM needs a convolution with a spatial output"))?;
-            Some((index, forward[index].output[0].clone()))
+            let conv = &forward[index];
+            let output = conv.output[0].clone();
+            // A last convolution with one output channel per class is the
+            // classifier itself (class maps, then global pooling): explain the
+            // features it reads instead, as Grad-CAM intends.
+            let is_class_map = shapes.get(&output).and_then(|d| d.get(1)) == Some(&num_classes);
+            let features = conv
+                .input
+                .first()
+                .filter(|f| ctx.is_active(f) && spatial(f))
+                .and_then(|f| {
+                    forward
+                        .iter()
+                        .position(|n| n.output.first() == Some(f))
+                        .map(|i| (i, f.clone()))
+                });
+            match (is_class_map, features) {
+                (true, Some(target)) => Some(target),
+                _ => Some((index, output)),
+            }
         }
         _ => None,
     };
