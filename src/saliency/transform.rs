@@ -43,6 +43,10 @@ const MIN_OPSET: i64 = 13;
 /// introduced in 14..16 only add types and optional attributes whose defaults
 /// are the old behaviour.
 const GRADIENT_OPSET: i64 = 16;
+/// Below this many input channels a convolution's input gradient uses
+/// `ConvTranspose` rather than the flipped convolution (ONNX Runtime's
+/// blocked convolution pads channels to blocks of 8).
+const MIN_CHANNELS_FOR_FLIPPED_CONV: i64 = 8;
 /// Prefix of every tensor the transform creates.
 const PREFIX: &str = "saliency/";
 
@@ -1109,7 +1113,18 @@ fn conv_input_gradient(
         (unit_stride, back_pads.iter().all(|&p| p >= 0), &weights)
     {
         let complete = values.len() as i64 == dims.iter().product::<i64>();
-        if complete && dims.len() == r + 2 && group >= 1 && dims[0] % group == 0 && dims[1] > 0 {
+        // Fewer input channels than one NCHWc block (e.g. the image's 1 or 3)
+        // make the convolution mostly padding: ConvTranspose is faster there.
+        let wide = dims
+            .get(1)
+            .is_some_and(|&c| c * group >= MIN_CHANNELS_FOR_FLIPPED_CONV);
+        if complete
+            && wide
+            && dims.len() == r + 2
+            && group >= 1
+            && dims[0] % group == 0
+            && dims[1] > 0
+        {
             let flipped = flipped_transposed_weights(dims, values, group);
             let (m, c_per_group) = (dims[0], dims[1]);
             let mut new_dims = vec![c_per_group * group, m / group];
