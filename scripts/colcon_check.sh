@@ -12,8 +12,11 @@ cd "$ws"
 echo "colcon: building in $ws (log: $ws/colcon.log)"
 # The interface package lives in a sub-folder of the package at the root,
 # which colcon does not crawl into: name both base paths.
-# The cargo target directory is shared with the source tree's release build.
-if ! CARGO_TARGET_DIR="$root/target" colcon build \
+# colcon-ros-cargo builds in <build-base>/face_perception (its --target-dir);
+# pointing that at the source tree's target/ reuses what `make test` compiled.
+mkdir -p "$ws/build"
+[ -L "$ws/build/face_perception" ] || { rm -rf "$ws/build/face_perception"; ln -s "$root/target" "$ws/build/face_perception"; }
+if ! colcon build \
     --base-paths src/face_perception src/face_perception/interfaces \
     --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$(command -v python)" \
     >"$ws/colcon.log" 2>&1; then
