@@ -6,7 +6,8 @@ mod saliency_common;
 
 use face_perception::manifest::ModelEntry;
 use face_perception::saliency::render::{
-    jet, map_from_gradient, overlay_heatmaps, FaceRegion, MapScale, RgbImage, SaliencyMap,
+    jet, map_from_gradient, overlay_heatmaps, overlay_heatmaps_on_chips, ChipPlacement, FaceRegion,
+    MapScale, RgbImage, SaliencyMap,
 };
 use face_perception::saliency::{GradientModel, SaliencyMethod};
 use image::imageops::FilterType;
@@ -282,4 +283,54 @@ fn astronaut_saliency_concentrates_on_the_face() {
         }
     }
     eprintln!("saliency images written to {}", dir.display());
+}
+
+#[test]
+fn chip_overlay_follows_the_affine_placement() {
+    let (w, h) = (12usize, 12usize);
+    let frame = RgbImage::new(w, h, vec![100; w * h * 3]).expect("frame");
+    // Energy 1 at chip pixel (0, 0) only.
+    let mut values = Array2::<f32>::zeros((4, 4));
+    values[[0, 0]] = 1.0;
+    let map = SaliencyMap {
+        values,
+        scale: MapScale::NonNegative,
+    };
+    let px = |img: &RgbImage, x: usize, y: usize| {
+        img.data[(y * w + x) * 3..(y * w + x) * 3 + 3].to_vec()
+    };
+    let hot = {
+        let red = jet(1.0);
+        red.iter()
+            .map(|&c| (0.2 * 100.0 + 0.8 * f32::from(c)).round() as u8)
+            .collect::<Vec<_>>()
+    };
+    let cold = {
+        let blue = jet(0.0);
+        blue.iter()
+            .map(|&c| (0.8 * 100.0 + 0.2 * f32::from(c)).round() as u8)
+            .collect::<Vec<_>>()
+    };
+    // Translation: chip (x, y) -> frame (x + 2, y + 3).
+    let shifted = ChipPlacement {
+        chip_to_frame: [[1.0, 0.0, 2.0], [0.0, 1.0, 3.0]],
+    };
+    let out = overlay_heatmaps_on_chips(&frame, &[(shifted, &map)]).expect("overlay");
+    assert_eq!(px(&out, 2, 3), hot);
+    assert_eq!(px(&out, 5, 6), cold);
+    assert_eq!(px(&out, 6, 6), vec![35, 35, 35], "outside the chip: dimmed");
+    // Rotation by 90 degrees: chip (x, y) -> frame (8 - y, 2 + x).
+    let rotated = ChipPlacement {
+        chip_to_frame: [[0.0, -1.0, 8.0], [1.0, 0.0, 2.0]],
+    };
+    let out = overlay_heatmaps_on_chips(&frame, &[(rotated, &map)]).expect("overlay");
+    assert_eq!(px(&out, 8, 2), hot, "chip (0, 0)");
+    assert_eq!(px(&out, 5, 5), cold, "chip (3, 3)");
+    assert_eq!(px(&out, 9, 2), vec![35, 35, 35], "outside the chip: dimmed");
+    // The raw map of a chip twice the size in frame pixels.
+    let doubled = ChipPlacement {
+        chip_to_frame: [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]],
+    };
+    let grey = map.grey_for_chip(&doubled);
+    assert_eq!((grey.width, grey.height), (8, 8));
 }

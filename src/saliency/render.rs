@@ -171,6 +171,15 @@ impl SaliencyMap {
     pub fn grey_for_region(&self, region: &FaceRegion) -> GreyImage {
         self.resized(region.width, region.height).to_grey()
     }
+
+    /// The map at the chip's size in frame pixels (upright, in the chip's
+    /// orientation), as a grey8 image: the raw per-face map of an aligned chip.
+    pub fn grey_for_chip(&self, placement: &ChipPlacement) -> GreyImage {
+        let (h, w) = self.dims();
+        let scale = placement.scale();
+        let size = |n: usize| ((n as f32 * scale).round() as usize).max(1);
+        self.resized(size(w), size(h)).to_grey()
+    }
 }
 
 fn unit_to_u8(v: f32) -> u8 {
@@ -213,21 +222,7 @@ pub fn overlay_heatmaps(
     frame: &RgbImage,
     faces: &[(FaceRegion, &SaliencyMap)],
 ) -> Result<RgbImage, SaliencyError> {
-    if frame.data.len() != frame.width * frame.height * 3 {
-        return Err(SaliencyError::ImageBuffer {
-            reason: format!(
-                "{} bytes for a {}x{} RGB8 frame",
-                frame.data.len(),
-                frame.width,
-                frame.height
-            ),
-        });
-    }
-    let mut out: Vec<u8> = frame
-        .data
-        .iter()
-        .map(|&b| (f32::from(b) * DIM_FACTOR).round() as u8)
-        .collect();
+    let mut out = dimmed(frame)?;
     for (region, map) in faces {
         if region.width == 0 || region.height == 0 {
             continue;
@@ -243,21 +238,144 @@ pub fn overlay_heatmaps(
                 if fx < 0 || fx >= frame.width as i64 {
                     continue;
                 }
-                let i = (fy as usize * frame.width + fx as usize) * 3;
-                let e = energy[[ry, rx]].clamp(0.0, 1.0);
-                let colour = jet(e);
-                let alpha = HEAT_ALPHA_MIN + (HEAT_ALPHA_MAX - HEAT_ALPHA_MIN) * e;
-                for c in 0..3 {
-                    let blended =
-                        (1.0 - alpha) * f32::from(frame.data[i + c]) + alpha * f32::from(colour[c]);
-                    out[i + c] = blended.round().clamp(0.0, 255.0) as u8;
-                }
+                blend_heat(
+                    &mut out,
+                    frame,
+                    (fy as usize * frame.width + fx as usize) * 3,
+                    energy[[ry, rx]],
+                );
             }
         }
+    }
+    Ok(out)
+}
+
+/// Where a face chip (the classifier's input) was cut from the frame, for
+/// chips that are rotated or scaled (aligned chips).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChipPlacement {
+    /// The 2 x 3 affine map `[a, b, tx; c, d, ty]` from chip pixel centres
+    /// to frame pixel centres (the core's `FaceChip::chip_to_frame`).
+    pub chip_to_frame: [[f32; 3]; 2],
+}
+
+impl ChipPlacement {
+    /// The inverse map, frame pixel centres to chip pixel centres; `None`
+    /// if the map is degenerate.
+    fn frame_to_chip(&self) -> Option<[[f32; 3]; 2]> {
+        let [[a, b, tx], [c, d, ty]] = self.chip_to_frame;
+        let det = a * d - b * c;
+        if !det.is_finite() || det.abs() < f32::EPSILON {
+            return None;
+        }
+        let (ia, ib, ic, id) = (d / det, -b / det, -c / det, a / det);
+        Some([
+            [ia, ib, -(ia * tx + ib * ty)],
+            [ic, id, -(ic * tx + id * ty)],
+        ])
+    }
+
+    /// Frame pixels per chip pixel.
+    pub fn scale(&self) -> f32 {
+        let [[a, b, _], [c, d, _]] = self.chip_to_frame;
+        (a * d - b * c).abs().sqrt()
+    }
+}
+
+/// Like [`overlay_heatmaps`], for faces placed by an affine chip map: each
+/// map (at the chip's resolution) is warped onto the frame, bilinearly.
+pub fn overlay_heatmaps_on_chips(
+    frame: &RgbImage,
+    faces: &[(ChipPlacement, &SaliencyMap)],
+) -> Result<RgbImage, SaliencyError> {
+    let mut out = dimmed(frame)?;
+    for (placement, map) in faces {
+        let (h, w) = map.dims();
+        let Some(inverse) = placement.frame_to_chip() else {
+            continue;
+        };
+        if h == 0 || w == 0 {
+            continue;
+        }
+        let energy = map.energy();
+        // The chip's corners (pixel edges) in the frame bound the pixels to visit.
+        let corners = [
+            (-0.5, -0.5),
+            (w as f32 - 0.5, -0.5),
+            (-0.5, h as f32 - 0.5),
+            (w as f32 - 0.5, h as f32 - 0.5),
+        ];
+        let m = placement.chip_to_frame;
+        let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+        for (cx, cy) in corners {
+            let (fx, fy) = (
+                m[0][0] * cx + m[0][1] * cy + m[0][2],
+                m[1][0] * cx + m[1][1] * cy + m[1][2],
+            );
+            (x0, y0, x1, y1) = (x0.min(fx), y0.min(fy), x1.max(fx), y1.max(fy));
+        }
+        let x_range = (x0.floor().max(0.0) as usize)
+            ..((x1.ceil() + 1.0).clamp(0.0, frame.width as f32) as usize);
+        let y_range = (y0.floor().max(0.0) as usize)
+            ..((y1.ceil() + 1.0).clamp(0.0, frame.height as f32) as usize);
+        for fy in y_range {
+            for fx in x_range.clone() {
+                let (px, py) = (fx as f32, fy as f32);
+                let cx = inverse[0][0] * px + inverse[0][1] * py + inverse[0][2];
+                let cy = inverse[1][0] * px + inverse[1][1] * py + inverse[1][2];
+                if cx < -0.5 || cy < -0.5 || cx >= w as f32 - 0.5 || cy >= h as f32 - 0.5 {
+                    continue;
+                }
+                let e = sample_bilinear(&energy, cx, cy);
+                blend_heat(&mut out, frame, (fy * frame.width + fx) * 3, e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `values` at a fractional position (pixel centres at integers), edges clamped.
+fn sample_bilinear(values: &Array2<f32>, x: f32, y: f32) -> f32 {
+    let (h, w) = values.dim();
+    let (x, y) = (x.clamp(0.0, (w - 1) as f32), y.clamp(0.0, (h - 1) as f32));
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+    let top = values[[y0, x0]] * (1.0 - fx) + values[[y0, x1]] * fx;
+    let bottom = values[[y1, x0]] * (1.0 - fx) + values[[y1, x1]] * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// The frame with every channel scaled by [`DIM_FACTOR`], after checking its buffer.
+fn dimmed(frame: &RgbImage) -> Result<RgbImage, SaliencyError> {
+    if frame.data.len() != frame.width * frame.height * 3 {
+        return Err(SaliencyError::ImageBuffer {
+            reason: format!(
+                "{} bytes for a {}x{} RGB8 frame",
+                frame.data.len(),
+                frame.width,
+                frame.height
+            ),
+        });
     }
     Ok(RgbImage {
         width: frame.width,
         height: frame.height,
-        data: out,
+        data: frame
+            .data
+            .iter()
+            .map(|&b| (f32::from(b) * DIM_FACTOR).round() as u8)
+            .collect(),
     })
+}
+
+/// Blends the heat colour of energy `e` over the original frame pixel at byte `i`.
+fn blend_heat(out: &mut RgbImage, frame: &RgbImage, i: usize, e: f32) {
+    let e = e.clamp(0.0, 1.0);
+    let colour = jet(e);
+    let alpha = HEAT_ALPHA_MIN + (HEAT_ALPHA_MAX - HEAT_ALPHA_MIN) * e;
+    for (c, &heat) in colour.iter().enumerate() {
+        let blended = (1.0 - alpha) * f32::from(frame.data[i + c]) + alpha * f32::from(heat);
+        out.data[i + c] = blended.round().clamp(0.0, 255.0) as u8;
+    }
 }
