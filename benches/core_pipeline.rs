@@ -1,0 +1,167 @@
+//! Benchmarks of the perception core, per stage and end to end, on composite
+//! frames tiled from the real test photos (`tests/fixtures/core`, made by
+//! `benches/make_bench_frames.py`): 640 x 480 and 1920 x 1080 with 1, 2 and 5
+//! faces.
+//!
+//! Criterion measures each stage; a summary at the end prints, per frame
+//! size, face count and intra-op thread count, the median of every pipeline
+//! stage over [`SUMMARY_FRAMES`] frames, so a missed target shows where the
+//! time goes. Run: `cargo bench --no-default-features --bench core_pipeline`.
+
+use criterion::{black_box, BenchmarkId, Criterion};
+use face_perception::config::{Config, RawConfig};
+use face_perception::frame::{Frame, FrameLimits, RawImage};
+use face_perception::pipeline::{FrameRequest, Pipeline};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Frames per summary case.
+const SUMMARY_FRAMES: usize = 200;
+/// Frames run before measuring (session warm-up, buffer allocation).
+const WARM_UP_FRAMES: usize = 20;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn frame(width: u32, height: u32, faces: usize) -> Frame {
+    let path = repo().join(format!("tests/fixtures/core/frame_{width}x{height}_{faces}faces.jpg"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run benches/make_bench_frames.py)", path.display()));
+    Frame::from_compressed("jpeg", &bytes, &FrameLimits::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn config(threads: i64, detector: &str) -> Config {
+    Config::from_raw(RawConfig {
+        models_dir: repo().join("models").to_string_lossy().into_owned(),
+        intra_op_threads: threads,
+        detector: detector.to_string(),
+        ..RawConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pipeline(threads: i64, detector: &str) -> Pipeline {
+    Pipeline::new(&config(threads, detector)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const SIZES: [(u32, u32); 2] = [(640, 480), (1920, 1080)];
+
+fn bench_frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame");
+    for (w, h) in SIZES {
+        let rgb = frame(w, h, 5);
+        let bgr: Vec<u8> = rgb.data().chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
+        let yuyv = vec![128u8; (w * h * 2) as usize];
+        let mut out = Frame::empty();
+        let limits = FrameLimits::default();
+        for (name, encoding, data, step) in
+            [("bgr8", "bgr8", &bgr, w * 3), ("yuyv", "yuv422_yuy2", &yuyv, w * 2)]
+        {
+            let raw = RawImage { width: w, height: h, encoding, is_bigendian: false, step, data };
+            group.bench_function(BenchmarkId::new(name, format!("{w}x{h}")), |b| {
+                b.iter(|| out.assign_from_raw(black_box(&raw), &limits).unwrap())
+            });
+        }
+        let path = repo().join(format!("tests/fixtures/core/frame_{w}x{h}_5faces.jpg"));
+        let jpeg = std::fs::read(path).unwrap();
+        group.bench_function(BenchmarkId::new("jpeg", format!("{w}x{h}")), |b| {
+            b.iter(|| Frame::from_compressed("jpeg", black_box(&jpeg), &limits).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn bench_stages(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stage");
+    for threads in [1, 2] {
+        let mut p = pipeline(threads, "dnn");
+        for (w, h) in SIZES {
+            let f = frame(w, h, 5);
+            group.bench_function(BenchmarkId::new(format!("detect_dnn_t{threads}"), format!("{w}x{h}")), |b| {
+                b.iter(|| p.detect(black_box(&f)).unwrap())
+            });
+        }
+        let f = frame(640, 480, 5);
+        let faces = p.detect(&f).unwrap();
+        group.bench_function(BenchmarkId::new(format!("classify_gender_emotion_t{threads}"), format!("{}faces", faces.len())), |b| {
+            b.iter(|| p.classify(black_box(&f), &faces).unwrap())
+        });
+    }
+    let mut haar = pipeline(1, "haar");
+    let f = frame(640, 480, 5);
+    group.bench_function(BenchmarkId::new("detect_haar", "640x480"), |b| b.iter(|| haar.detect(black_box(&f)).unwrap()));
+    group.finish();
+}
+
+fn bench_end_to_end(c: &mut Criterion) {
+    let mut group = c.benchmark_group("end_to_end");
+    let mut p = pipeline(1, "dnn");
+    let request = FrameRequest::default();
+    for (w, h) in SIZES {
+        for faces in [1, 2, 5] {
+            let f = frame(w, h, faces);
+            group.bench_function(BenchmarkId::new(format!("{w}x{h}"), format!("{faces}faces")), |b| {
+                b.iter(|| p.process(black_box(&f), &request).unwrap())
+            });
+        }
+    }
+    let f = frame(640, 480, 2);
+    let annotated = FrameRequest { annotated: true, saliency: None };
+    group.bench_function(BenchmarkId::new("640x480_annotated", "2faces"), |b| {
+        b.iter(|| p.process(black_box(&f), &annotated).unwrap())
+    });
+    group.finish();
+}
+
+fn median(values: &mut [Duration]) -> f64 {
+    values.sort();
+    values[values.len() / 2].as_secs_f64() * 1e3
+}
+
+/// Median per stage over many frames, for every case of the targets.
+fn stage_summary() {
+    println!("\nMedians over {SUMMARY_FRAMES} frames (ms): total = detect + classify + track (+ overhead)");
+    println!("{:<28} {:>6} {:>8} {:>9} {:>7} {:>8}", "case", "faces", "detect", "classify", "track", "total");
+    for threads in [1, 2] {
+        let mut p = pipeline(threads, "dnn");
+        for (w, h) in SIZES {
+            for faces in [1, 2, 5] {
+                let f = frame(w, h, faces);
+                for _ in 0..WARM_UP_FRAMES {
+                    let _ = p.process(&f, &FrameRequest::default());
+                }
+                let (mut detect, mut classify, mut track, mut total) = (vec![], vec![], vec![], vec![]);
+                let mut found = 0;
+                for _ in 0..SUMMARY_FRAMES {
+                    let r = p.process(&f, &FrameRequest::default()).unwrap();
+                    found = r.faces.len();
+                    detect.push(r.timings.detect);
+                    classify.push(r.timings.classify);
+                    track.push(r.timings.track);
+                    total.push(r.timings.total);
+                }
+                println!(
+                    "{:<28} {:>6} {:>8.3} {:>9.3} {:>7.3} {:>8.3}",
+                    format!("{w}x{h} {faces} faces, {threads} thread(s)"),
+                    found,
+                    median(&mut detect),
+                    median(&mut classify),
+                    median(&mut track),
+                    median(&mut total)
+                );
+            }
+        }
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    bench_frames(&mut criterion);
+    bench_stages(&mut criterion);
+    bench_end_to_end(&mut criterion);
+    criterion.final_summary();
+    stage_summary();
+}
