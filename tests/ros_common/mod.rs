@@ -493,3 +493,82 @@ pub fn large_message_transport() {
         std::env::set_var("FASTDDS_DEFAULT_PROFILES_FILE", &path);
     });
 }
+
+/// The `ros__parameters` of a parameters file such as `config/params.yaml`,
+/// read line by line (one `name: value` per line, `#` comments): name and
+/// value as written, quotes removed from strings. Enough for the flat files
+/// of this package; no YAML library is needed.
+pub fn params_file_entries(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut entries = Vec::new();
+    let mut in_params = false;
+    let mut params_indent = 0;
+    for (number, line) in text.lines().enumerate() {
+        let code = strip_yaml_comment(line);
+        if code.trim().is_empty() {
+            continue;
+        }
+        let indent = code.len() - code.trim_start().len();
+        let code = code.trim();
+        if code == "ros__parameters:" {
+            in_params = true;
+            params_indent = indent;
+            continue;
+        }
+        if !in_params {
+            continue;
+        }
+        if indent <= params_indent {
+            in_params = false;
+            continue;
+        }
+        let (name, value) = code
+            .split_once(':')
+            .ok_or_else(|| format!("line {}: no `name: value` in {line:?}", number + 1))?;
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(format!(
+                "line {}: nested or empty value for {name} (the node has flat parameters)",
+                number + 1
+            ));
+        }
+        let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            Some(unquoted) => unquoted.to_string(),
+            None => value.to_string(),
+        };
+        entries.push((name.trim().to_string(), value));
+    }
+    Ok(entries)
+}
+
+/// `line` up to a `#` that is outside double quotes.
+fn strip_yaml_comment(line: &str) -> &str {
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+/// The parameter names of the node, in declaration order, read from
+/// `DESCRIPTIONS` in src/bin/face_perception_node/params.rs.
+pub fn declared_parameter_names() -> Vec<String> {
+    let source = std::fs::read_to_string(repo_path("src/bin/face_perception_node/params.rs"))
+        .expect("params.rs");
+    let start = source
+        .find("pub const DESCRIPTIONS")
+        .expect("DESCRIPTIONS in params.rs");
+    let end = start + source[start..].find("];").expect("end of DESCRIPTIONS");
+    source[start..end]
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("(\"")?
+                .split_once('"')
+                .map(|(name, _)| name.to_string())
+        })
+        .collect()
+}
