@@ -9,9 +9,11 @@
 //! time goes. Run: `cargo bench --no-default-features --bench core_pipeline`.
 
 use criterion::{black_box, BenchmarkId, Criterion};
+use face_perception::classify::{Classifier, ClassifierTask};
 use face_perception::config::{Config, RawConfig};
 use face_perception::frame::{Frame, FrameLimits, RawImage};
-use face_perception::pipeline::{FrameRequest, Pipeline};
+use face_perception::manifest::Manifest;
+use face_perception::pipeline::{load_session, FrameRequest, Pipeline};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,9 +27,13 @@ fn repo() -> PathBuf {
 }
 
 fn frame(width: u32, height: u32, faces: usize) -> Frame {
-    let path = repo().join(format!("tests/fixtures/core/frame_{width}x{height}_{faces}faces.jpg"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run benches/make_bench_frames.py)", path.display()));
-    Frame::from_compressed("jpeg", &bytes, &FrameLimits::default()).unwrap_or_else(|e| panic!("{e}"))
+    let path = repo().join(format!(
+        "tests/fixtures/core/frame_{width}x{height}_{faces}faces.jpg"
+    ));
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run benches/make_bench_frames.py)", path.display()));
+    Frame::from_compressed("jpeg", &bytes, &FrameLimits::default())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn config(threads: i64, detector: &str) -> Config {
@@ -50,14 +56,26 @@ fn bench_frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
     for (w, h) in SIZES {
         let rgb = frame(w, h, 5);
-        let bgr: Vec<u8> = rgb.data().chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
+        let bgr: Vec<u8> = rgb
+            .data()
+            .chunks_exact(3)
+            .flat_map(|p| [p[2], p[1], p[0]])
+            .collect();
         let yuyv = vec![128u8; (w * h * 2) as usize];
         let mut out = Frame::empty();
         let limits = FrameLimits::default();
-        for (name, encoding, data, step) in
-            [("bgr8", "bgr8", &bgr, w * 3), ("yuyv", "yuv422_yuy2", &yuyv, w * 2)]
-        {
-            let raw = RawImage { width: w, height: h, encoding, is_bigendian: false, step, data };
+        for (name, encoding, data, step) in [
+            ("bgr8", "bgr8", &bgr, w * 3),
+            ("yuyv", "yuv422_yuy2", &yuyv, w * 2),
+        ] {
+            let raw = RawImage {
+                width: w,
+                height: h,
+                encoding,
+                is_bigendian: false,
+                step,
+                data,
+            };
             group.bench_function(BenchmarkId::new(name, format!("{w}x{h}")), |b| {
                 b.iter(|| out.assign_from_raw(black_box(&raw), &limits).unwrap())
             });
@@ -77,19 +95,45 @@ fn bench_stages(c: &mut Criterion) {
         let mut p = pipeline(threads, "dnn");
         for (w, h) in SIZES {
             let f = frame(w, h, 5);
-            group.bench_function(BenchmarkId::new(format!("detect_dnn_t{threads}"), format!("{w}x{h}")), |b| {
-                b.iter(|| p.detect(black_box(&f)).unwrap())
-            });
+            group.bench_function(
+                BenchmarkId::new(format!("detect_dnn_t{threads}"), format!("{w}x{h}")),
+                |b| b.iter(|| p.detect(black_box(&f)).unwrap()),
+            );
         }
         let f = frame(640, 480, 5);
         let faces = p.detect(&f).unwrap();
-        group.bench_function(BenchmarkId::new(format!("classify_gender_emotion_t{threads}"), format!("{}faces", faces.len())), |b| {
-            b.iter(|| p.classify(black_box(&f), &faces).unwrap())
-        });
+        group.bench_function(
+            BenchmarkId::new(
+                format!("classify_gender_emotion_t{threads}"),
+                format!("{}faces", faces.len()),
+            ),
+            |b| b.iter(|| p.classify(black_box(&f), &faces).unwrap()),
+        );
+    }
+    // Chip cutting versus inference, per classifier, on the five faces.
+    let manifest = Manifest::load(&repo().join("models")).unwrap();
+    for (w, h) in SIZES {
+        let f = frame(w, h, 5);
+        let faces = pipeline(1, "dnn").detect(&f).unwrap();
+        for task in [ClassifierTask::Gender, ClassifierTask::Emotion] {
+            let (session, entry) = load_session(&manifest, task.model_name(), 1).unwrap();
+            let mut classifier = Classifier::new(task, session, &entry, faces.len()).unwrap();
+            let id = format!("{w}x{h}_{}faces", faces.len());
+            group.bench_function(
+                BenchmarkId::new(format!("prepare_{}", task.model_name()), &id),
+                |b| b.iter(|| classifier.prepare(black_box(&f), &faces, true).unwrap()),
+            );
+            group.bench_function(
+                BenchmarkId::new(format!("run_{}", task.model_name()), &id),
+                |b| b.iter(|| classifier.run().unwrap()),
+            );
+        }
     }
     let mut haar = pipeline(1, "haar");
     let f = frame(640, 480, 5);
-    group.bench_function(BenchmarkId::new("detect_haar", "640x480"), |b| b.iter(|| haar.detect(black_box(&f)).unwrap()));
+    group.bench_function(BenchmarkId::new("detect_haar", "640x480"), |b| {
+        b.iter(|| haar.detect(black_box(&f)).unwrap())
+    });
     group.finish();
 }
 
@@ -100,13 +144,17 @@ fn bench_end_to_end(c: &mut Criterion) {
     for (w, h) in SIZES {
         for faces in [1, 2, 5] {
             let f = frame(w, h, faces);
-            group.bench_function(BenchmarkId::new(format!("{w}x{h}"), format!("{faces}faces")), |b| {
-                b.iter(|| p.process(black_box(&f), &request).unwrap())
-            });
+            group.bench_function(
+                BenchmarkId::new(format!("{w}x{h}"), format!("{faces}faces")),
+                |b| b.iter(|| p.process(black_box(&f), &request).unwrap()),
+            );
         }
     }
     let f = frame(640, 480, 2);
-    let annotated = FrameRequest { annotated: true, saliency: None };
+    let annotated = FrameRequest {
+        annotated: true,
+        ..Default::default()
+    };
     group.bench_function(BenchmarkId::new("640x480_annotated", "2faces"), |b| {
         b.iter(|| p.process(black_box(&f), &annotated).unwrap())
     });
@@ -121,7 +169,10 @@ fn median(values: &mut [Duration]) -> f64 {
 /// Median per stage over many frames, for every case of the targets.
 fn stage_summary() {
     println!("\nMedians over {SUMMARY_FRAMES} frames (ms): total = detect + classify + track (+ overhead)");
-    println!("{:<28} {:>6} {:>8} {:>9} {:>7} {:>8}", "case", "faces", "detect", "classify", "track", "total");
+    println!(
+        "{:<28} {:>6} {:>8} {:>9} {:>7} {:>8}",
+        "case", "faces", "detect", "classify", "track", "total"
+    );
     for threads in [1, 2] {
         let mut p = pipeline(threads, "dnn");
         for (w, h) in SIZES {
@@ -130,7 +181,8 @@ fn stage_summary() {
                 for _ in 0..WARM_UP_FRAMES {
                     let _ = p.process(&f, &FrameRequest::default());
                 }
-                let (mut detect, mut classify, mut track, mut total) = (vec![], vec![], vec![], vec![]);
+                let (mut detect, mut classify, mut track, mut total) =
+                    (vec![], vec![], vec![], vec![]);
                 let mut found = 0;
                 for _ in 0..SUMMARY_FRAMES {
                     let r = p.process(&f, &FrameRequest::default()).unwrap();

@@ -19,7 +19,7 @@ use crate::detect::{Detection, Landmarks, Normalization};
 use crate::frame::Frame;
 use crate::manifest::{ModelEntry, Task};
 use ndarray::{s, Array4, ArrayView4};
-use opencv::core::{Mat, Rect, Scalar, Size, BORDER_CONSTANT};
+use opencv::core::{Mat, Scalar, Size, BORDER_CONSTANT};
 use opencv::imgproc;
 use opencv::prelude::*;
 use ort::session::Session;
@@ -28,8 +28,14 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// When a face region is more than this many frame pixels per chip pixel, it
-/// is area-averaged down before the warp (bilinear sampling alone would alias).
+/// is supersampled (bilinear sampling alone would alias).
 const MAX_BILINEAR_SHRINK: f32 = 1.5;
+/// Largest supersampling factor (as `tools/chip_alignment.py` uses for the
+/// reference chips).
+const MAX_SUPERSAMPLING: f32 = 4.0;
+/// Bound on the supersampled chip's pixels, so a 64 x 64 chip is sampled at
+/// most 2 x 2 times (the cost per face stays near a tenth of a millisecond).
+const MAX_SUPERSAMPLED_PIXELS: f32 = 128.0 * 128.0;
 /// Where CenterFace's five landmarks (eye, eye, nose tip, mouth corner, mouth
 /// corner; image-left first) fall in dlib's face chip, in the unpadded unit
 /// square: measured by `tools/chip_alignment.py` through dlib's own transform
@@ -386,7 +392,7 @@ pub struct Classifier {
     batch_len: usize,
     chips: Vec<FaceChip>,
     chip: Mat,
-    shrunk: Mat,
+    supersampled: Mat,
 }
 
 fn mismatch(task: ClassifierTask, entry: &ModelEntry, reason: impl Into<String>) -> ClassifyError {
@@ -497,7 +503,7 @@ impl Classifier {
             batch_len: 0,
             chips: Vec::with_capacity(capacity),
             chip: Mat::default(),
-            shrunk: Mat::default(),
+            supersampled: Mat::default(),
         })
     }
 
@@ -564,7 +570,7 @@ impl Classifier {
                 self.alignment,
                 align,
             );
-            self.cut_chip(&source, frame, &chip)?;
+            self.cut_chip(&source, &chip)?;
             let slot = self.batch.slice_mut(s![i, .., .., ..]);
             let values = slot
                 .into_slice()
@@ -583,10 +589,12 @@ impl Classifier {
     }
 
     /// Warps one chip out of the frame into `self.chip` (RGB8, chip size).
+    /// A face much larger than the chip is supersampled: warped bilinearly to
+    /// `k` times the chip size, then box-averaged down by the integer factor
+    /// `k`, so the cost does not grow with the face.
     fn cut_chip(
         &mut self,
         source: &impl opencv::core::ToInputArray,
-        frame: &Frame,
         chip: &FaceChip,
     ) -> Result<(), ClassifyError> {
         let m = &chip.chip_to_frame.0;
@@ -595,10 +603,11 @@ impl Classifier {
         let flags = imgproc::INTER_LINEAR | imgproc::WARP_INVERSE_MAP;
         let black = Scalar::all(0.0);
         if shrink <= MAX_BILINEAR_SHRINK {
+            let map = chip.chip_to_frame.to_mat()?;
             imgproc::warp_affine(
                 source,
                 &mut self.chip,
-                &chip.chip_to_frame.to_mat()?,
+                &map,
                 size,
                 flags,
                 BORDER_CONSTANT,
@@ -606,78 +615,30 @@ impl Classifier {
             )?;
             return Ok(());
         }
-        // Area-average the region's bounding rectangle down to about one frame
-        // pixel per chip pixel, then warp from that smaller image.
-        let corners = [
-            (0.0, 0.0),
-            (self.chip_w as f32, 0.0),
-            (0.0, self.chip_h as f32),
-            (self.chip_w as f32, self.chip_h as f32),
-        ]
-        .map(|(u, v)| chip.chip_to_frame.apply(u - 0.5, v - 0.5));
-        let (fw, fh) = (frame.width() as f32, frame.height() as f32);
-        let x0 = corners
-            .iter()
-            .map(|c| c.0)
-            .fold(f32::INFINITY, f32::min)
-            .floor()
-            .clamp(0.0, fw);
-        let y0 = corners
-            .iter()
-            .map(|c| c.1)
-            .fold(f32::INFINITY, f32::min)
-            .floor()
-            .clamp(0.0, fh);
-        let x1 = corners
-            .iter()
-            .map(|c| c.0)
-            .fold(f32::NEG_INFINITY, f32::max)
-            .ceil()
-            .clamp(0.0, fw);
-        let y1 = corners
-            .iter()
-            .map(|c| c.1)
-            .fold(f32::NEG_INFINITY, f32::max)
-            .ceil()
-            .clamp(0.0, fh);
-        let (rw, rh) = ((x1 - x0) as i32, (y1 - y0) as i32);
-        if rw <= 0 || rh <= 0 {
-            // Entirely outside the frame: a black chip.
-            self.chip = Mat::new_rows_cols_with_default(
-                size.height,
-                size.width,
-                opencv::core::CV_8UC3,
-                black,
-            )?;
-            return Ok(());
-        }
-        let frame_mat = frame.as_mat()?;
-        let roi = Mat::roi(&frame_mat, Rect::new(x0 as i32, y0 as i32, rw, rh))?;
-        let small_w = ((rw as f32 / shrink).round() as i32).max(1);
-        let small_h = ((rh as f32 / shrink).round() as i32).max(1);
-        imgproc::resize(
-            &roi,
-            &mut self.shrunk,
-            Size::new(small_w, small_h),
-            0.0,
-            0.0,
-            imgproc::INTER_AREA,
-        )?;
-        // Frame pixel centre x maps to small pixel centre (x - x0 + 0.5) * k - 0.5.
-        let (kx, ky) = (small_w as f32 / rw as f32, small_h as f32 / rh as f32);
-        let frame_to_small = Affine([
-            [kx, 0.0, (0.5 - x0) * kx - 0.5],
-            [0.0, ky, (0.5 - y0) * ky - 0.5],
-        ]);
-        let chip_to_small = frame_to_small.after(&chip.chip_to_frame);
+        let budget = (MAX_SUPERSAMPLED_PIXELS / (self.chip_w * self.chip_h).max(1) as f32)
+            .sqrt()
+            .floor();
+        let k = shrink.ceil().min(MAX_SUPERSAMPLING).min(budget).max(1.0);
+        // Supersampled pixel centre u' lies at chip coordinate (u' + 0.5) / k - 0.5.
+        let to_chip = Affine([[1.0 / k, 0.0, 0.5 / k - 0.5], [0.0, 1.0 / k, 0.5 / k - 0.5]]);
+        let map = chip.chip_to_frame.after(&to_chip).to_mat()?;
+        let big = Size::new(size.width * k as i32, size.height * k as i32);
         imgproc::warp_affine(
-            &self.shrunk,
-            &mut self.chip,
-            &chip_to_small.to_mat()?,
-            size,
+            source,
+            &mut self.supersampled,
+            &map,
+            big,
             flags,
             BORDER_CONSTANT,
             black,
+        )?;
+        imgproc::resize(
+            &self.supersampled,
+            &mut self.chip,
+            size,
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
         )?;
         Ok(())
     }

@@ -221,13 +221,12 @@ fn annotated_image_and_saliency_inputs_on_request() {
     let mut p = pipeline(RawConfig::default());
     let plain = p.process(&frame, &FrameRequest::default()).unwrap();
     assert!(plain.annotated.is_none() && plain.saliency.is_none());
-    let request = FrameRequest {
-        annotated: true,
-        saliency: Some(SaliencyRequest {
-            task: ClassifierTask::Emotion,
-            class_index: None,
-        }),
-    };
+    let mut request = FrameRequest::default();
+    request.annotated = true;
+    request.saliency = Some(SaliencyRequest {
+        task: ClassifierTask::Emotion,
+        class_index: None,
+    });
     let result = p.process(&frame, &request).unwrap();
     let annotated = result.annotated.unwrap();
     assert_eq!(
@@ -271,16 +270,12 @@ fn reconfigure_switches_classifiers_and_detectors() {
     }))
     .unwrap();
     assert_eq!(p.detector_name(), "haar");
-    let err = p.process(
-        &frame,
-        &FrameRequest {
-            annotated: false,
-            saliency: Some(SaliencyRequest {
-                task: ClassifierTask::Age,
-                class_index: None,
-            }),
-        },
-    );
+    let mut request = FrameRequest::default();
+    request.saliency = Some(SaliencyRequest {
+        task: ClassifierTask::Age,
+        class_index: None,
+    });
+    let err = p.process(&frame, &request);
     assert!(matches!(
         err,
         Err(PipelineError::SaliencyTargetDisabled(ClassifierTask::Age))
@@ -335,7 +330,7 @@ fn an_empty_frame_has_no_faces() {
             &black,
             &FrameRequest {
                 annotated: true,
-                saliency: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -422,7 +422,7 @@ impl Run<'_> {
         let frame = read_image(path, self.image_config.frame_limits())?;
         let request = FrameRequest {
             annotated: self.annotated_dir.is_some(),
-            saliency: None,
+            ..Default::default()
         };
         let result = self.pipeline.process(&frame, &request)?;
         let name = path.to_string_lossy();
@@ -452,7 +452,7 @@ impl Run<'_> {
         let mut contiguous = opencv::core::Mat::default();
         let request = FrameRequest {
             annotated: self.annotated_dir.is_some(),
-            saliency: None,
+            ..Default::default()
         };
         let mut index = 0u64;
         while capture.read(&mut bgr)? && !bgr.empty() {
