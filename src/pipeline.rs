@@ -35,6 +35,8 @@ use crate::frame::Frame;
 use crate::manifest::{self, Manifest, ManifestError, ModelEntry};
 use crate::render::{self, RenderError};
 use crate::runtime::{self, RuntimeError};
+use crate::saliency::stage::{FrameSaliency, SaliencyStage};
+use crate::saliency::{SaliencyError, SaliencyMethod};
 use crate::track::Tracker;
 use ndarray::Array4;
 use ort::session::builder::GraphOptimizationLevel;
@@ -74,6 +76,9 @@ pub enum PipelineError {
     /// Rendering failed.
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// Saliency could not be computed.
+    #[error(transparent)]
+    Saliency(#[from] SaliencyError),
     /// Saliency was requested for a classifier that is not enabled.
     #[error("saliency requested for {0:?}, which is not enabled")]
     SaliencyTargetDisabled(ClassifierTask),
@@ -111,6 +116,9 @@ pub struct FrameRequest {
     pub annotated: bool,
     /// Keep the classifier inputs for saliency.
     pub saliency: Option<SaliencyRequest>,
+    /// Compute saliency images with this method for every enabled gender
+    /// and emotion classifier ([`FrameResult::saliency_images`]).
+    pub explain: Option<SaliencyMethod>,
 }
 
 /// Wall time per stage of one frame.
@@ -124,6 +132,8 @@ pub struct StageTimings {
     pub track: Duration,
     /// Rendering the annotated image.
     pub render: Duration,
+    /// Saliency graphs and their images (zero when none was requested).
+    pub saliency: Duration,
     /// The whole call.
     pub total: Duration,
 }
@@ -158,6 +168,8 @@ pub struct FrameResult {
     pub timings: StageTimings,
     /// Classifier inputs for saliency, when requested.
     pub saliency: Option<SaliencyInputs>,
+    /// Saliency images per classifier, when [`FrameRequest::explain`] asked.
+    pub saliency_images: Vec<FrameSaliency>,
 }
 
 /// Builds an ONNX Runtime session for a manifest entry (checksum verified).
@@ -222,6 +234,7 @@ pub struct Pipeline {
     emotion: Option<Classifier>,
     age: Option<Classifier>,
     tracker: Tracker,
+    saliency: SaliencyStage,
 }
 
 fn needs_manifest(config: &Config) -> bool {
@@ -300,6 +313,7 @@ impl Pipeline {
             emotion,
             age,
             tracker: Tracker::new(config.tracker()),
+            saliency: SaliencyStage::new(config.intra_op_threads()),
         })
     }
 
@@ -366,6 +380,9 @@ impl Pipeline {
             }
         }
         self.manifest = manifest;
+        if reload_all {
+            self.saliency = SaliencyStage::new(config.intra_op_threads());
+        }
         self.tracker.reconfigure(config.tracker());
         self.config = config.clone();
         self.key = key;
@@ -415,6 +432,26 @@ impl Pipeline {
             gender: run(&mut self.gender)?,
             emotion: run(&mut self.emotion)?,
             age: run(&mut self.age)?,
+        })
+    }
+
+    /// What saliency needs of the last classified batch of `request.task`.
+    fn saliency_inputs(&self, request: &SaliencyRequest, faces: &[FaceResult]) -> Option<SaliencyInputs> {
+        let classifier = self.classifier(request.task)?;
+        let top_classes = faces
+            .iter()
+            .map(|f| match request.task {
+                ClassifierTask::Gender => f.gender.as_ref().map_or(0, |c| c.top),
+                ClassifierTask::Emotion => f.emotion.as_ref().map_or(0, |c| c.top),
+                ClassifierTask::Age => 0,
+            })
+            .collect();
+        Some(SaliencyInputs {
+            request: request.clone(),
+            batch: classifier.last_batch().to_owned(),
+            chips: classifier.last_chips().to_vec(),
+            face_ids: faces.iter().map(|f| f.id.clone()).collect(),
+            top_classes,
         })
     }
 
@@ -474,24 +511,17 @@ impl Pipeline {
         }
         let tracked = Instant::now();
 
-        let saliency = request.saliency.as_ref().and_then(|s| {
-            let classifier = self.classifier(s.task)?;
-            let top_classes = faces
-                .iter()
-                .map(|f| match s.task {
-                    ClassifierTask::Gender => f.gender.as_ref().map_or(0, |c| c.top),
-                    ClassifierTask::Emotion => f.emotion.as_ref().map_or(0, |c| c.top),
-                    ClassifierTask::Age => 0,
-                })
-                .collect();
-            Some(SaliencyInputs {
-                request: s.clone(),
-                batch: classifier.last_batch().to_owned(),
-                chips: classifier.last_chips().to_vec(),
-                face_ids: faces.iter().map(|f| f.id.clone()).collect(),
-                top_classes,
-            })
-        });
+        let saliency = request.saliency.as_ref().and_then(|s| self.saliency_inputs(s, &faces));
+        let mut saliency_images = Vec::new();
+        let saliency_start = Instant::now();
+        if let (Some(method), Some(manifest)) = (request.explain, self.manifest.as_ref()) {
+            for task in [ClassifierTask::Emotion, ClassifierTask::Gender] {
+                let req = SaliencyRequest { task, class_index: None };
+                let Some(inputs) = self.saliency_inputs(&req, &faces) else { continue };
+                saliency_images.push(self.saliency.explain(manifest, frame, &inputs, method)?);
+            }
+        }
+        let saliency_time = saliency_start.elapsed();
 
         let annotated = if request.annotated {
             Some(render::annotate(frame, &faces)?)
@@ -503,11 +533,13 @@ impl Pipeline {
             faces,
             annotated,
             saliency,
+            saliency_images,
             timings: StageTimings {
                 detect: detected - start,
                 classify: classified_at - detected,
                 track: tracked - classified_at,
-                render: end - tracked,
+                render: (end - tracked).saturating_sub(saliency_time),
+                saliency: saliency_time,
                 total: end - start,
             },
         })

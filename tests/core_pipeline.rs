@@ -215,18 +215,26 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
     }
 }
 
+/// A request with saliency inputs; other fields (the saliency stage adds
+/// some) keep their defaults.
+#[allow(clippy::field_reassign_with_default)]
+fn request(annotated: bool, task: ClassifierTask) -> FrameRequest {
+    let mut request = FrameRequest::default();
+    request.annotated = annotated;
+    request.saliency = Some(SaliencyRequest {
+        task,
+        class_index: None,
+    });
+    request
+}
+
 #[test]
 fn annotated_image_and_saliency_inputs_on_request() {
     let frame = photo("astronaut.jpg");
     let mut p = pipeline(RawConfig::default());
     let plain = p.process(&frame, &FrameRequest::default()).unwrap();
     assert!(plain.annotated.is_none() && plain.saliency.is_none());
-    let mut request = FrameRequest::default();
-    request.annotated = true;
-    request.saliency = Some(SaliencyRequest {
-        task: ClassifierTask::Emotion,
-        class_index: None,
-    });
+    let request = request(true, ClassifierTask::Emotion);
     let result = p.process(&frame, &request).unwrap();
     let annotated = result.annotated.unwrap();
     assert_eq!(
@@ -270,12 +278,7 @@ fn reconfigure_switches_classifiers_and_detectors() {
     }))
     .unwrap();
     assert_eq!(p.detector_name(), "haar");
-    let mut request = FrameRequest::default();
-    request.saliency = Some(SaliencyRequest {
-        task: ClassifierTask::Age,
-        class_index: None,
-    });
-    let err = p.process(&frame, &request);
+    let err = p.process(&frame, &request(false, ClassifierTask::Age));
     assert!(matches!(
         err,
         Err(PipelineError::SaliencyTargetDisabled(ClassifierTask::Age))

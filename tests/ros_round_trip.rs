@@ -1,4 +1,3 @@
-#![cfg(feature = "ros")]
 //! Round trips through `face_perception_node` over the real middleware:
 //! a real photo in, its FaceArray (header unchanged, expected labels) out;
 //! annotated and saliency images only while somebody subscribes.

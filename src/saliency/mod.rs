@@ -46,6 +46,7 @@
 
 pub mod onnx_proto;
 pub mod render;
+pub mod stage;
 pub mod transform;
 
 use ndarray::{Array2, Array4, ArrayView4};

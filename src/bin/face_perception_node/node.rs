@@ -127,7 +127,12 @@ fn worker(
             }
             continue;
         }
-        let request = FrameRequest { annotated: subscribed(&outputs.annotated), saliency: None };
+        let saliency_wanted = subscribed(&outputs.saliency_emotion) || subscribed(&outputs.saliency_gender);
+        let request = FrameRequest {
+            annotated: subscribed(&outputs.annotated),
+            saliency: None,
+            explain: saliency_wanted.then_some(current.saliency_method),
+        };
         let convert_ms = started.elapsed().as_secs_f64() * 1e3;
         let result = match pipeline.process(&frame, &request) {
             Ok(r) => r,
@@ -149,6 +154,16 @@ fn worker(
         if let Some(annotated) = result.annotated {
             images += usize::from(outputs.annotated.publish(&messages::image_from_frame(&header, annotated)).is_ok());
         }
+        for explained in result.saliency_images {
+            let publisher = match explained.task {
+                ClassifierTask::Emotion => &outputs.saliency_emotion,
+                ClassifierTask::Gender => &outputs.saliency_gender,
+                ClassifierTask::Age => continue,
+            };
+            if subscribed(publisher) {
+                images += usize::from(publisher.publish(&messages::image_from_frame(&header, explained.overlay)).is_ok());
+            }
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut stages = BTreeMap::new();
         stages.insert("convert", convert_ms);
@@ -156,6 +171,7 @@ fn worker(
         stages.insert("classify", ms(result.timings.classify));
         stages.insert("track", ms(result.timings.track));
         stages.insert("render", ms(result.timings.render));
+        stages.insert("saliency", ms(result.timings.saliency));
         stages.insert("total", ms(started.elapsed()));
         let mut s = lock_stats(&stats);
         s.published_images += images as u64;
