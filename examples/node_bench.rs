@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut publish = |node: &mut r2r::Node| -> Result<(), Box<dyn std::error::Error>> {
+    let publish = |node: &mut r2r::Node| -> Result<(), Box<dyn std::error::Error>> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let stamp = r2r::builtin_interfaces::msg::Time { sec: now.as_secs() as i32, nanosec: now.subsec_nanos() };
         let msg = Image {
