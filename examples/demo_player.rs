@@ -75,28 +75,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(args.get(2).cloned().unwrap_or_else(|| "demo_output".into()));
     let seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10.0);
     std::fs::create_dir_all(&out_dir)?;
-    let photo_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/photos/group.jpg");
+    let photo_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/photos/group.jpg");
     let photo = image::open(&photo_path)?.to_rgb8();
 
     let ctx = r2r::Context::create()?;
     let mut node = r2r::Node::create(ctx, "demo_player", "")?;
     let topic = |t: &str| format!("{namespace}/{t}");
     let publisher = node.create_publisher::<Image>(&topic("image"), QosProfile::sensor_data())?;
-    let mut faces_sub = node.subscribe::<FaceArray>(&topic("faces"), QosProfile::default().reliable())?;
+    let mut faces_sub =
+        node.subscribe::<FaceArray>(&topic("faces"), QosProfile::default().reliable())?;
     let last_images: Arc<Mutex<Vec<(String, Image)>>> = Arc::default();
     let mut image_subs = Vec::new();
     for name in ["annotated_image", "saliency/emotion", "saliency/gender"] {
-        image_subs.push((name.replace('/', "_"), node.subscribe::<Image>(&topic(name), QosProfile::default())?));
+        image_subs.push((
+            name.replace('/', "_"),
+            node.subscribe::<Image>(&topic(name), QosProfile::default())?,
+        ));
     }
     let received = Arc::new(Mutex::new(0usize));
     let sent_at: Arc<Mutex<std::collections::HashMap<(i32, u32), Instant>>> = Arc::default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     {
         let (received, sent_at) = (received.clone(), sent_at.clone());
         runtime.spawn(async move {
             while let Some(msg) = faces_sub.next().await {
                 let key = (msg.header.stamp.sec, msg.header.stamp.nanosec);
-                let latency = sent_at.lock().ok().and_then(|m| m.get(&key).map(|t| t.elapsed()));
+                let latency = sent_at
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&key).map(|t| t.elapsed()));
                 let mut n = received.lock().unwrap_or_else(|e| e.into_inner());
                 *n += 1;
                 println!(
@@ -122,7 +133,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Wait for the node's subscription to be matched, then play.
     let wait_start = Instant::now();
-    while publisher.get_inter_process_subscription_count().unwrap_or(0) == 0 {
+    while publisher
+        .get_inter_process_subscription_count()
+        .unwrap_or(0)
+        == 0
+    {
         node.spin_once(Duration::from_millis(20));
         if wait_start.elapsed() > Duration::from_secs(20) {
             return Err("face_perception_node did not subscribe within 20 s".into());
@@ -135,18 +150,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while start.elapsed().as_secs_f64() < seconds {
         let due = start + period.mul_f64(sent as f64);
         while Instant::now() < due {
-            node.spin_once(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
+            node.spin_once(
+                due.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(5)),
+            );
         }
         let t = sent as f64 / FPS;
         let frame = frame_at(&photo, t);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let stamp = r2r::builtin_interfaces::msg::Time { sec: now.as_secs() as i32, nanosec: now.subsec_nanos() };
+        let stamp = r2r::builtin_interfaces::msg::Time {
+            sec: now.as_secs() as i32,
+            nanosec: now.subsec_nanos(),
+        };
         if let Ok(mut m) = sent_at.lock() {
             m.insert((stamp.sec, stamp.nanosec), Instant::now());
         }
         let (w, h) = frame.dimensions();
         publisher.publish(&Image {
-            header: r2r::std_msgs::msg::Header { stamp, frame_id: "demo_camera".into() },
+            header: r2r::std_msgs::msg::Header {
+                stamp,
+                frame_id: "demo_camera".into(),
+            },
             height: h,
             width: w,
             encoding: "rgb8".into(),

@@ -33,16 +33,21 @@ fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20.0);
+    let seconds: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20.0);
     let domain = 150 + std::process::id() % 80;
     std::env::set_var("ROS_DOMAIN_ID", domain.to_string());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -53,12 +58,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = r2r::Context::create()?;
     let mut node = r2r::Node::create(ctx, "node_bench", "")?;
     let publisher = node.create_publisher::<Image>("/bench/image", QosProfile::sensor_data())?;
-    let mut faces = node.subscribe::<FaceArray>("/bench/faces", QosProfile::default().reliable())?;
-    let mut diagnostics = node.subscribe::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
+    let mut faces =
+        node.subscribe::<FaceArray>("/bench/faces", QosProfile::default().reliable())?;
+    let mut diagnostics =
+        node.subscribe::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     let sent_at: Arc<Mutex<HashMap<(i32, u32), Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
     let totals: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     {
         let (sent_at, latencies) = (sent_at.clone(), latencies.clone());
         runtime.spawn(async move {
@@ -92,16 +102,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let spawned = Instant::now();
     let mut child = Command::new(root.join("target/release/face_perception_node"))
-        .args(["--ros-args", "-r", "__ns:=/bench", "-p", "max_frame_age:=0.0"])
+        .args([
+            "--ros-args",
+            "-r",
+            "__ns:=/bench",
+            "-p",
+            "max_frame_age:=0.0",
+        ])
         .env("ROS_DOMAIN_ID", domain.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let publish = |node: &mut r2r::Node| -> Result<(), Box<dyn std::error::Error>> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let stamp = r2r::builtin_interfaces::msg::Time { sec: now.as_secs() as i32, nanosec: now.subsec_nanos() };
+        let stamp = r2r::builtin_interfaces::msg::Time {
+            sec: now.as_secs() as i32,
+            nanosec: now.subsec_nanos(),
+        };
         let msg = Image {
-            header: r2r::std_msgs::msg::Header { stamp: stamp.clone(), frame_id: "bench".into() },
+            header: r2r::std_msgs::msg::Header {
+                stamp: stamp.clone(),
+                frame_id: "bench".into(),
+            },
             height,
             width,
             encoding: "rgb8".into(),
@@ -143,16 +165,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let rss = rss_mib(child.id());
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let _ = child.wait();
-    let mut lat: Vec<f64> = latencies.lock().map(|l| l.iter().map(|(_, v)| *v).collect()).unwrap_or_default();
+    let mut lat: Vec<f64> = latencies
+        .lock()
+        .map(|l| l.iter().map(|(_, v)| *v).collect())
+        .unwrap_or_default();
     let mut tot = totals.lock().map(|t| t.clone()).unwrap_or_default();
     let (lat_median, tot_median) = (median(&mut lat), median(&mut tot));
-    println!("node_bench: {} frames at 10 Hz, 640x480, 3 faces (group.jpg)", lat.len());
-    println!("node_bench: start-up to first result      {:8.0} ms", first_result.as_secs_f64() * 1e3);
+    println!(
+        "node_bench: {} frames at 10 Hz, 640x480, 3 faces (group.jpg)",
+        lat.len()
+    );
+    println!(
+        "node_bench: start-up to first result      {:8.0} ms",
+        first_result.as_secs_f64() * 1e3
+    );
     println!("node_bench: publish -> FaceArray, median  {lat_median:8.2} ms");
     println!("node_bench: in-node processing, median    {tot_median:8.2} ms");
-    println!("node_bench: node overhead (difference)    {:8.2} ms", lat_median - tot_median);
+    println!(
+        "node_bench: node overhead (difference)    {:8.2} ms",
+        lat_median - tot_median
+    );
     println!("node_bench: steady-state RSS              {rss:8.1} MiB");
     Ok(())
 }

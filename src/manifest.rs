@@ -194,19 +194,27 @@ impl Manifest {
     /// Reads `dir/manifest.toml`.
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: path.clone(), source })?;
-        let mut manifest: Manifest =
-            toml::from_str(&text).map_err(|e| ManifestError::Parse { path: path.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         manifest.dir = dir.to_path_buf();
         Ok(manifest)
     }
 
     /// The entry named `name`.
     pub fn entry(&self, name: &str) -> Result<&ModelEntry, ManifestError> {
-        self.models.iter().find(|m| m.name == name).ok_or_else(|| ManifestError::MissingEntry {
-            path: self.dir.join(MANIFEST_FILE),
-            name: name.to_string(),
-        })
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| ManifestError::MissingEntry {
+                path: self.dir.join(MANIFEST_FILE),
+                name: name.to_string(),
+            })
     }
 
     /// Absolute path of an entry's file.
@@ -218,10 +226,20 @@ impl Manifest {
     pub fn read_verified(&self, entry: &ModelEntry) -> Result<Vec<u8>, ManifestError> {
         use sha2::{Digest, Sha256};
         let path = self.model_path(entry);
-        let bytes = std::fs::read(&path).map_err(|source| ManifestError::ModelFile { path: path.clone(), source })?;
-        let actual: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let bytes = std::fs::read(&path).map_err(|source| ManifestError::ModelFile {
+            path: path.clone(),
+            source,
+        })?;
+        let actual: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if actual != entry.sha256.to_ascii_lowercase() {
-            return Err(ManifestError::Checksum { path, expected: entry.sha256.clone(), actual });
+            return Err(ManifestError::Checksum {
+                path,
+                expected: entry.sha256.clone(),
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -243,5 +261,7 @@ pub fn default_models_dir() -> Option<PathBuf> {
         exe_dir.join("../../models"),
         exe_dir.join("../../../models"),
     ];
-    candidates.into_iter().find(|d| d.join(MANIFEST_FILE).is_file())
+    candidates
+        .into_iter()
+        .find(|d| d.join(MANIFEST_FILE).is_file())
 }

@@ -436,7 +436,11 @@ impl Pipeline {
     }
 
     /// What saliency needs of the last classified batch of `request.task`.
-    fn saliency_inputs(&self, request: &SaliencyRequest, faces: &[FaceResult]) -> Option<SaliencyInputs> {
+    fn saliency_inputs(
+        &self,
+        request: &SaliencyRequest,
+        faces: &[FaceResult],
+    ) -> Option<SaliencyInputs> {
         let classifier = self.classifier(request.task)?;
         let top_classes = faces
             .iter()
@@ -511,13 +515,21 @@ impl Pipeline {
         }
         let tracked = Instant::now();
 
-        let saliency = request.saliency.as_ref().and_then(|s| self.saliency_inputs(s, &faces));
+        let saliency = request
+            .saliency
+            .as_ref()
+            .and_then(|s| self.saliency_inputs(s, &faces));
         let mut saliency_images = Vec::new();
         let saliency_start = Instant::now();
         if let (Some(method), Some(manifest)) = (request.explain, self.manifest.as_ref()) {
             for task in [ClassifierTask::Emotion, ClassifierTask::Gender] {
-                let req = SaliencyRequest { task, class_index: None };
-                let Some(inputs) = self.saliency_inputs(&req, &faces) else { continue };
+                let req = SaliencyRequest {
+                    task,
+                    class_index: None,
+                };
+                let Some(inputs) = self.saliency_inputs(&req, &faces) else {
+                    continue;
+                };
                 saliency_images.push(self.saliency.explain(manifest, frame, &inputs, method)?);
             }
         }

@@ -37,7 +37,10 @@ fn library_candidates() -> Vec<PathBuf> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         candidates.push(PathBuf::from(path));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
         for sub in [dir.clone(), dir.join("../lib")] {
             if let Ok(entries) = std::fs::read_dir(&sub) {
                 let mut found: Vec<PathBuf> = entries
@@ -74,12 +77,19 @@ pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeEr
         let _ = LIBRARY.set(path.clone());
         ort::init_from(&path)
             .map_err(|e| e.to_string())
-            .and_then(|builder| builder.with_name("face_perception").build().map_err(|e| e.to_string()))
+            .and_then(|builder| {
+                builder
+                    .with_name("face_perception")
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
     });
     match result {
         Ok(env) => Ok(env),
         Err(message) => match message.strip_prefix("NOTFOUND:") {
-            Some(looked_at) => Err(RuntimeError::NotFound { looked_at: looked_at.to_string() }),
+            Some(looked_at) => Err(RuntimeError::NotFound {
+                looked_at: looked_at.to_string(),
+            }),
             None => Err(RuntimeError::Load {
                 path: LIBRARY.get().cloned().unwrap_or_default(),
                 reason: message.clone(),

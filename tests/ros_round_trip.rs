@@ -17,8 +17,11 @@ fn astronaut_photo_round_trip() {
     let node = NodeProcess::start("/rt", &[]);
     let test = TestNode::new("round_trip_probe");
     let faces = collect::<FaceArray>(&test, "/rt/faces", QosProfile::default().reliable());
-    let diagnostics =
-        collect::<r2r::diagnostic_msgs::msg::DiagnosticArray>(&test, "/diagnostics", QosProfile::default());
+    let diagnostics = collect::<r2r::diagnostic_msgs::msg::DiagnosticArray>(
+        &test,
+        "/diagnostics",
+        QosProfile::default(),
+    );
     let publisher = test
         .node
         .lock()
@@ -30,17 +33,30 @@ fn astronaut_photo_round_trip() {
     let mut sent = Vec::new();
     let answered = wait_for(FIRST_ANSWER, || {
         let (sec, nanosec) = now_stamp();
-        let msg = photo_message("tests/fixtures/models/photos/astronaut.jpg", "camera_optical", sec, nanosec);
+        let msg = photo_message(
+            "tests/fixtures/models/photos/astronaut.jpg",
+            "camera_optical",
+            sec,
+            nanosec,
+        );
         publisher.publish(&msg).expect("publish");
         sent.push(msg.header);
         std::thread::sleep(Duration::from_millis(100));
         !faces.lock().unwrap().is_empty()
     });
-    assert!(answered, "no FaceArray within {FIRST_ANSWER:?}; node log:\n{}", node.log_text());
+    assert!(
+        answered,
+        "no FaceArray within {FIRST_ANSWER:?}; node log:\n{}",
+        node.log_text()
+    );
 
     let received = faces.lock().unwrap();
     let (_, first) = &received[0];
-    assert!(sent.contains(&first.header), "header {:?} is not one that was sent", first.header);
+    assert!(
+        sent.contains(&first.header),
+        "header {:?} is not one that was sent",
+        first.header
+    );
     assert_eq!(first.header.frame_id, "camera_optical");
     assert_eq!(first.faces.len(), 1, "{:?}", first.faces);
     let face = &first.faces[0];
@@ -55,18 +71,37 @@ fn astronaut_photo_round_trip() {
     // IoU >= 0.85.
     let roi = &face.roi;
     let expected = [181.76f32, 58.06, 269.68, 177.97];
-    let got = [roi.x_offset as f32, roi.y_offset as f32, (roi.x_offset + roi.width) as f32, (roi.y_offset + roi.height) as f32];
+    let got = [
+        roi.x_offset as f32,
+        roi.y_offset as f32,
+        (roi.x_offset + roi.width) as f32,
+        (roi.y_offset + roi.height) as f32,
+    ];
     let inter = (got[2].min(expected[2]) - got[0].max(expected[0])).max(0.0)
         * (got[3].min(expected[3]) - got[1].max(expected[1])).max(0.0);
     let area = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
     let iou = inter / (area(&got) + area(&expected) - inter);
-    assert!(iou >= 0.85, "roi {roi:?}: IoU {iou:.3} with the expected box");
+    assert!(
+        iou >= 0.85,
+        "roi {roi:?}: IoU {iou:.3} with the expected box"
+    );
     drop(received);
 
     // Nobody subscribed to images so far: none were made.
-    assert!(wait_for(Duration::from_secs(3), || !diagnostics.lock().unwrap().is_empty()), "no /diagnostics");
+    assert!(
+        wait_for(Duration::from_secs(3), || !diagnostics
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "no /diagnostics"
+    );
     let published = |d: &r2r::diagnostic_msgs::msg::DiagnosticArray| -> u64 {
-        d.status[0].values.iter().find(|kv| kv.key == "images_published").map(|kv| kv.value.parse().unwrap()).unwrap()
+        d.status[0]
+            .values
+            .iter()
+            .find(|kv| kv.key == "images_published")
+            .map(|kv| kv.value.parse().unwrap())
+            .unwrap()
     };
     assert_eq!(published(&diagnostics.lock().unwrap().last().unwrap().1), 0);
 
@@ -77,7 +112,12 @@ fn astronaut_photo_round_trip() {
     let mut image_stamps = Vec::new();
     let got_all = wait_for(FIRST_ANSWER, || {
         let (sec, nanosec) = now_stamp();
-        let msg = photo_message("tests/fixtures/models/photos/astronaut.jpg", "camera_optical", sec, nanosec);
+        let msg = photo_message(
+            "tests/fixtures/models/photos/astronaut.jpg",
+            "camera_optical",
+            sec,
+            nanosec,
+        );
         image_stamps.push(msg.header.stamp.clone());
         publisher.publish(&msg).expect("publish");
         std::thread::sleep(Duration::from_millis(100));
@@ -85,13 +125,24 @@ fn astronaut_photo_round_trip() {
             && !saliency_emotion.lock().unwrap().is_empty()
             && !saliency_gender.lock().unwrap().is_empty()
     });
-    assert!(got_all, "image topics silent; node log:\n{}", node.log_text());
+    assert!(
+        got_all,
+        "image topics silent; node log:\n{}",
+        node.log_text()
+    );
     for store in [&annotated, &saliency_emotion, &saliency_gender] {
         let images = store.lock().unwrap();
         let (_, img) = images.last().unwrap();
-        assert!(image_stamps.contains(&img.header.stamp), "stamp {:?} was not sent", img.header.stamp);
+        assert!(
+            image_stamps.contains(&img.header.stamp),
+            "stamp {:?} was not sent",
+            img.header.stamp
+        );
         assert_eq!(img.header.frame_id, "camera_optical");
-        assert_eq!((img.width, img.height, img.encoding.as_str()), (512, 512, "rgb8"));
+        assert_eq!(
+            (img.width, img.height, img.encoding.as_str()),
+            (512, 512, "rgb8")
+        );
         assert_eq!(img.data.len(), 512 * 512 * 3);
     }
 }

@@ -7,7 +7,9 @@
 //! Gradient graphs are built on first use per (classifier, method) and kept:
 //! a frame that asks for no saliency costs nothing.
 
-use super::render::{map_from_gradient, overlay_heatmaps_on_chips, ChipPlacement, GreyImage, RgbImage};
+use super::render::{
+    map_from_gradient, overlay_heatmaps_on_chips, ChipPlacement, GreyImage, RgbImage,
+};
 use super::{GradientModel, SaliencyError, SaliencyMethod};
 use crate::classify::ClassifierTask;
 use crate::frame::Frame;
@@ -37,7 +39,10 @@ pub struct SaliencyStage {
 impl SaliencyStage {
     /// An empty stage; nothing is built until [`SaliencyStage::explain`] needs it.
     pub fn new(intra_threads: usize) -> Self {
-        Self { models: HashMap::new(), intra_threads }
+        Self {
+            models: HashMap::new(),
+            intra_threads,
+        }
     }
 
     fn model(
@@ -47,16 +52,37 @@ impl SaliencyStage {
         method: SaliencyMethod,
     ) -> Result<&mut GradientModel, SaliencyError> {
         if !self.models.contains_key(&(task, method)) {
-            let entry = manifest.entry(task.model_name()).map_err(|e| SaliencyError::InvalidModel { reason: e.to_string() })?;
-            let bytes = manifest.read_verified(entry).map_err(|e| SaliencyError::InvalidModel { reason: e.to_string() })?;
+            let entry =
+                manifest
+                    .entry(task.model_name())
+                    .map_err(|e| SaliencyError::InvalidModel {
+                        reason: e.to_string(),
+                    })?;
+            let bytes = manifest
+                .read_verified(entry)
+                .map_err(|e| SaliencyError::InvalidModel {
+                    reason: e.to_string(),
+                })?;
             // The pre-softmax score: the manifest's output of kind "scores" if
             // there is one, else the input of the graph's final Softmax.
-            let logits = entry.outputs.iter().find(|o| o.kind == "scores").map(|o| o.name.as_str());
+            let logits = entry
+                .outputs
+                .iter()
+                .find(|o| o.kind == "scores")
+                .map(|o| o.name.as_str());
             let model = GradientModel::new(&bytes, logits, method, self.intra_threads)?;
-            log::info!("saliency: built the {} gradient graph of {}", method, task.model_name());
+            log::info!(
+                "saliency: built the {} gradient graph of {}",
+                method,
+                task.model_name()
+            );
             self.models.insert((task, method), model);
         }
-        self.models.get_mut(&(task, method)).ok_or(SaliencyError::InvalidModel { reason: "model cache".into() })
+        self.models
+            .get_mut(&(task, method))
+            .ok_or(SaliencyError::InvalidModel {
+                reason: "model cache".into(),
+            })
     }
 
     /// The saliency images of `frame` for the classifier batch `inputs`.
@@ -68,7 +94,11 @@ impl SaliencyStage {
         method: SaliencyMethod,
     ) -> Result<FrameSaliency, SaliencyError> {
         let task = inputs.request.task;
-        let rgb = RgbImage::new(frame.width() as usize, frame.height() as usize, frame.data().to_vec())?;
+        let rgb = RgbImage::new(
+            frame.width() as usize,
+            frame.height() as usize,
+            frame.data().to_vec(),
+        )?;
         let mut face_maps = Vec::with_capacity(inputs.face_ids.len());
         let overlay = if inputs.face_ids.is_empty() || inputs.batch.shape()[0] == 0 {
             overlay_heatmaps_on_chips(&rgb, &[])?
@@ -77,10 +107,20 @@ impl SaliencyStage {
                 Some(c) => vec![c; inputs.face_ids.len()],
                 None => inputs.top_classes.clone(),
             };
-            let gradients = self.model(manifest, task, method)?.gradients(inputs.batch.view(), Some(&classes))?;
-            let maps: Vec<_> = gradients.outer_iter().map(|g| map_from_gradient(g, method)).collect();
-            let placements: Vec<ChipPlacement> =
-                inputs.chips.iter().map(|c| ChipPlacement { chip_to_frame: c.chip_to_frame.0 }).collect();
+            let gradients = self
+                .model(manifest, task, method)?
+                .gradients(inputs.batch.view(), Some(&classes))?;
+            let maps: Vec<_> = gradients
+                .outer_iter()
+                .map(|g| map_from_gradient(g, method))
+                .collect();
+            let placements: Vec<ChipPlacement> = inputs
+                .chips
+                .iter()
+                .map(|c| ChipPlacement {
+                    chip_to_frame: c.chip_to_frame.0,
+                })
+                .collect();
             for ((id, map), placement) in inputs.face_ids.iter().zip(&maps).zip(&placements) {
                 face_maps.push((id.clone(), map.grey_for_chip(placement)));
             }
@@ -88,7 +128,14 @@ impl SaliencyStage {
             overlay_heatmaps_on_chips(&rgb, &faces)?
         };
         let overlay = Frame::from_rgb8(overlay.width as u32, overlay.height as u32, overlay.data)
-            .map_err(|e| SaliencyError::ImageBuffer { reason: e.to_string() })?;
-        Ok(FrameSaliency { task, method, overlay, face_maps })
+            .map_err(|e| SaliencyError::ImageBuffer {
+            reason: e.to_string(),
+        })?;
+        Ok(FrameSaliency {
+            task,
+            method,
+            overlay,
+            face_maps,
+        })
     }
 }

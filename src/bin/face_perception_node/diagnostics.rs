@@ -125,23 +125,45 @@ impl Stats {
     /// Builds the status of the period since the last call and starts a new one.
     pub fn status(&mut self, node_name: &str, hardware_id: &str) -> DiagnosticStatus {
         let now = Instant::now();
-        let secs = now.duration_since(self.period_start).as_secs_f64().max(1e-3);
+        let secs = now
+            .duration_since(self.period_start)
+            .as_secs_f64()
+            .max(1e-3);
         let in_rate = self.period_received as f64 / secs;
         let out_rate = self.period_processed as f64 / secs;
-        let stalled = self.last_received.is_some_and(|t| now.duration_since(t).as_secs_f64() < STALL_SECS)
-            && self.last_processed.is_none_or(|t| now.duration_since(t).as_secs_f64() > STALL_SECS);
-        let drop_fraction =
-            if self.period_received > 0 { self.period_dropped as f64 / self.period_received as f64 } else { 0.0 };
+        let stalled = self
+            .last_received
+            .is_some_and(|t| now.duration_since(t).as_secs_f64() < STALL_SECS)
+            && self
+                .last_processed
+                .is_none_or(|t| now.duration_since(t).as_secs_f64() > STALL_SECS);
+        let drop_fraction = if self.period_received > 0 {
+            self.period_dropped as f64 / self.period_received as f64
+        } else {
+            0.0
+        };
         let (level, message) = if stalled {
-            (LEVEL_ERROR, "frames arrive but none is processed".to_string())
+            (
+                LEVEL_ERROR,
+                "frames arrive but none is processed".to_string(),
+            )
         } else if let Some(e) = &self.last_error {
             (LEVEL_ERROR, format!("pipeline error: {e}"))
         } else if drop_fraction > WARN_DROP_FRACTION {
-            (LEVEL_WARN, format!("{:.0}% of frames dropped (inference slower than the camera)", drop_fraction * 100.0))
+            (
+                LEVEL_WARN,
+                format!(
+                    "{:.0}% of frames dropped (inference slower than the camera)",
+                    drop_fraction * 100.0
+                ),
+            )
         } else if self.period_bad > 0 {
             (LEVEL_WARN, format!("{} bad input frames", self.period_bad))
         } else if self.frame_age_max > WARN_FRAME_AGE_SECS {
-            (LEVEL_WARN, format!("processed frames up to {:.3} s old", self.frame_age_max))
+            (
+                LEVEL_WARN,
+                format!("processed frames up to {:.3} s old", self.frame_age_max),
+            )
         } else {
             (LEVEL_OK, "ok".to_string())
         };
@@ -153,14 +175,25 @@ impl Stats {
             kv("frames_dropped_overrun", self.dropped_overrun.to_string()),
             kv("frames_dropped_stale", self.dropped_stale.to_string()),
             kv("pipeline_errors", self.pipeline_errors.to_string()),
-            kv("bad_input_total", self.bad_input.values().sum::<u64>().to_string()),
+            kv(
+                "bad_input_total",
+                self.bad_input.values().sum::<u64>().to_string(),
+            ),
             kv("frame_age_s", format!("{:.4}", self.frame_age)),
             kv("frame_age_max_s", format!("{:.4}", self.frame_age_max)),
             kv("images_published", self.published_images.to_string()),
             kv("models", self.models.join(", ")),
         ];
-        values.extend(self.bad_input.iter().map(|(k, v)| kv(&format!("bad_input.{k}"), v.to_string())));
-        values.extend(self.stage_ms.iter().map(|(k, v)| kv(&format!("latency_ms.{k}"), format!("{v:.3}"))));
+        values.extend(
+            self.bad_input
+                .iter()
+                .map(|(k, v)| kv(&format!("bad_input.{k}"), v.to_string())),
+        );
+        values.extend(
+            self.stage_ms
+                .iter()
+                .map(|(k, v)| kv(&format!("latency_ms.{k}"), format!("{v:.3}"))),
+        );
         self.period_start = now;
         self.period_received = 0;
         self.period_processed = 0;
@@ -178,10 +211,22 @@ impl Stats {
 }
 
 fn kv(key: &str, value: String) -> KeyValue {
-    KeyValue { key: key.to_string(), value }
+    KeyValue {
+        key: key.to_string(),
+        value,
+    }
 }
 
 /// Wraps one status in an array stamped `stamp`.
-pub fn array(stamp: r2r::builtin_interfaces::msg::Time, status: DiagnosticStatus) -> DiagnosticArray {
-    DiagnosticArray { header: r2r::std_msgs::msg::Header { stamp, frame_id: String::new() }, status: vec![status] }
+pub fn array(
+    stamp: r2r::builtin_interfaces::msg::Time,
+    status: DiagnosticStatus,
+) -> DiagnosticArray {
+    DiagnosticArray {
+        header: r2r::std_msgs::msg::Header {
+            stamp,
+            frame_id: String::new(),
+        },
+        status: vec![status],
+    }
 }

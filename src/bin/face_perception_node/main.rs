@@ -24,6 +24,8 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(feature = "ros"))]
 fn main() -> std::process::ExitCode {
-    eprintln!("face_perception_node was built without the `ros` feature: build it with default features");
+    eprintln!(
+        "face_perception_node was built without the `ros` feature: build it with default features"
+    );
     std::process::ExitCode::FAILURE
 }

@@ -40,7 +40,12 @@ fn classification(c: Option<&Classification>) -> fp::Classification {
             labels: c.labels.to_vec(),
             probabilities: c.probabilities.clone(),
         },
-        None => fp::Classification { label: String::new(), confidence: f32::NAN, labels: vec![], probabilities: vec![] },
+        None => fp::Classification {
+            label: String::new(),
+            confidence: f32::NAN,
+            labels: vec![],
+            probabilities: vec![],
+        },
     }
 }
 
@@ -83,11 +88,20 @@ fn age_confidence(stddev: f32) -> f32 {
 /// Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7).
 fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
     (1.0 - poly * (-x * x).exp()).copysign(x)
 }
 
 /// The `FaceArray` of one processed frame, with the input's header unchanged.
 pub fn face_array(header: &Header, result: &FrameResult, width: u32, height: u32) -> fp::FaceArray {
-    fp::FaceArray { header: header.clone(), faces: result.faces.iter().map(|f| face(f, width, height)).collect() }
+    fp::FaceArray {
+        header: header.clone(),
+        faces: result
+            .faces
+            .iter()
+            .map(|f| face(f, width, height))
+            .collect(),
+    }
 }

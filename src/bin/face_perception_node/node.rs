@@ -1,13 +1,13 @@
 //! The node: subscription, latest-frame slot, inference worker, publishers.
 
-use anyhow::Context as _;
 use crate::diagnostics::{self, Stats};
+use crate::messages;
+use crate::params::{InputTransport, NodeParams, Settings};
+use anyhow::Context as _;
 use face_perception::classify::ClassifierTask;
 use face_perception::frame::Frame;
 use face_perception::pipeline::{FrameRequest, Pipeline};
 use futures::StreamExt;
-use crate::messages;
-use crate::params::{InputTransport, NodeParams, Settings};
 use r2r::face_perception_msgs::msg::FaceArray;
 use r2r::sensor_msgs::msg::{CompressedImage, Image};
 use r2r::std_msgs::msg::Header;
@@ -60,7 +60,10 @@ impl LatestFrame {
     /// Takes the newest frame, waiting at most `timeout`.
     fn take(&self, timeout: Duration) -> Option<Incoming> {
         let slot = self.slot.lock().ok()?;
-        let (mut slot, _) = self.ready.wait_timeout_while(slot, timeout, |s| s.is_none()).ok()?;
+        let (mut slot, _) = self
+            .ready
+            .wait_timeout_while(slot, timeout, |s| s.is_none())
+            .ok()?;
         slot.take()
     }
 }
@@ -81,7 +84,9 @@ fn stamp_secs(h: &Header) -> f64 {
 }
 
 fn lock_stats(stats: &Mutex<Stats>) -> std::sync::MutexGuard<'_, Stats> {
-    stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    stats
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The inference loop: newest frame -> checks -> pipeline -> publishers.
@@ -97,7 +102,9 @@ fn worker(
     let mut generation = settings.lock().map(|s| s.generation).unwrap_or_default();
     let mut frame = Frame::empty();
     while running.load(Ordering::Acquire) {
-        let Some(incoming) = latest.take(Duration::from_millis(100)) else { continue };
+        let Some(incoming) = latest.take(Duration::from_millis(100)) else {
+            continue;
+        };
         let started = Instant::now();
         let current = match settings.lock() {
             Ok(s) => s.clone(),
@@ -110,7 +117,12 @@ fn worker(
             generation = current.generation;
         }
         let header = incoming.header().clone();
-        let now = clock.lock().ok().and_then(|mut c| c.get_now().ok()).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let now = clock
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get_now().ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         let age = now - stamp_secs(&header);
         if current.max_frame_age > 0.0 && age > current.max_frame_age {
             lock_stats(&stats).on_stale();
@@ -119,7 +131,9 @@ fn worker(
         let limits = current.config.frame_limits();
         let converted = match &incoming {
             Incoming::Raw(m) => frame.assign_from_raw(&messages::raw_image(m), limits),
-            Incoming::Compressed(m) => Frame::from_compressed(&m.format, &m.data, limits).map(|f| frame = f),
+            Incoming::Compressed(m) => {
+                Frame::from_compressed(&m.format, &m.data, limits).map(|f| frame = f)
+            }
         };
         if let Err(e) = converted {
             if lock_stats(&stats).on_bad_input(e.kind()) {
@@ -127,7 +141,8 @@ fn worker(
             }
             continue;
         }
-        let saliency_wanted = subscribed(&outputs.saliency_emotion) || subscribed(&outputs.saliency_gender);
+        let saliency_wanted =
+            subscribed(&outputs.saliency_emotion) || subscribed(&outputs.saliency_gender);
         let request = FrameRequest {
             annotated: subscribed(&outputs.annotated),
             saliency: None,
@@ -152,7 +167,12 @@ fn worker(
         }
         let mut images = 0;
         if let Some(annotated) = result.annotated {
-            images += usize::from(outputs.annotated.publish(&messages::image_from_frame(&header, annotated)).is_ok());
+            images += usize::from(
+                outputs
+                    .annotated
+                    .publish(&messages::image_from_frame(&header, annotated))
+                    .is_ok(),
+            );
         }
         for explained in result.saliency_images {
             let publisher = match explained.task {
@@ -161,7 +181,11 @@ fn worker(
                 ClassifierTask::Age => continue,
             };
             if subscribed(publisher) {
-                images += usize::from(publisher.publish(&messages::image_from_frame(&header, explained.overlay)).is_ok());
+                images += usize::from(
+                    publisher
+                        .publish(&messages::image_from_frame(&header, explained.overlay))
+                        .is_ok(),
+                );
             }
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -182,7 +206,11 @@ fn worker(
 /// The detector and the enabled classifiers, for logs and diagnostics.
 fn describe_models(pipeline: &Pipeline) -> Vec<String> {
     let mut models = vec![format!("detector: {}", pipeline.detector_name())];
-    for task in [ClassifierTask::Gender, ClassifierTask::Emotion, ClassifierTask::Age] {
+    for task in [
+        ClassifierTask::Gender,
+        ClassifierTask::Emotion,
+        ClassifierTask::Age,
+    ] {
         if pipeline.classifier(task).is_some() {
             models.push(task.model_name().to_string());
         }
@@ -195,14 +223,22 @@ fn run() -> anyhow::Result<()> {
     let mut node = r2r::Node::create(ctx, NODE_NAME, "").context("creating the node")?;
     let (params, settings) = NodeParams::new().map_err(anyhow::Error::msg)?;
     let params = Arc::new(Mutex::new(params));
-    let (param_services, _param_events) =
-        node.make_derived_parameter_handler(params).context("parameter services")?;
-    let initial = settings.lock().map_err(|_| anyhow::anyhow!("settings lock"))?.clone();
+    let (param_services, _param_events) = node
+        .make_derived_parameter_handler(params)
+        .context("parameter services")?;
+    let initial = settings
+        .lock()
+        .map_err(|_| anyhow::anyhow!("settings lock"))?
+        .clone();
 
     let started = Instant::now();
     let pipeline = Pipeline::new(&initial.config).context("loading the perception pipeline")?;
     let models = describe_models(&pipeline);
-    log::info!("models loaded in {:.0} ms: {}", started.elapsed().as_secs_f64() * 1e3, models.join(", "));
+    log::info!(
+        "models loaded in {:.0} ms: {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        models.join(", ")
+    );
 
     let mut stats = Stats::default();
     stats.models = models;
@@ -210,8 +246,10 @@ fn run() -> anyhow::Result<()> {
     let outputs = Outputs {
         faces: node.create_publisher::<FaceArray>("faces", QosProfile::default().reliable())?,
         annotated: node.create_publisher::<Image>("annotated_image", QosProfile::default())?,
-        saliency_emotion: node.create_publisher::<Image>("saliency/emotion", QosProfile::default())?,
-        saliency_gender: node.create_publisher::<Image>("saliency/gender", QosProfile::default())?,
+        saliency_emotion: node
+            .create_publisher::<Image>("saliency/emotion", QosProfile::default())?,
+        saliency_gender: node
+            .create_publisher::<Image>("saliency/gender", QosProfile::default())?,
     };
     let diagnostics_pub = node.create_publisher::<r2r::diagnostic_msgs::msg::DiagnosticArray>(
         "/diagnostics",
@@ -221,7 +259,10 @@ fn run() -> anyhow::Result<()> {
     let running = Arc::new(AtomicBool::new(true));
     let qos = QosProfile::sensor_data().keep_last(1);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     runtime.spawn(param_services);
     match initial.input_transport {
         InputTransport::Raw => {
@@ -252,7 +293,9 @@ fn run() -> anyhow::Result<()> {
     {
         let mut timer = node.create_wall_timer(Duration::from_secs(1))?;
         let (stats, clock) = (stats.clone(), node.get_ros_clock());
-        let name = node.fully_qualified_name().unwrap_or_else(|_| NODE_NAME.to_string());
+        let name = node
+            .fully_qualified_name()
+            .unwrap_or_else(|_| NODE_NAME.to_string());
         runtime.spawn(async move {
             while timer.tick().await.is_ok() {
                 let stamp = clock
@@ -269,7 +312,8 @@ fn run() -> anyhow::Result<()> {
     {
         let running = running.clone();
         let _guard = runtime.enter();
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         runtime.spawn(async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
@@ -280,7 +324,12 @@ fn run() -> anyhow::Result<()> {
     }
 
     let worker = {
-        let (latest, settings, stats, running) = (latest.clone(), settings.clone(), stats.clone(), running.clone());
+        let (latest, settings, stats, running) = (
+            latest.clone(),
+            settings.clone(),
+            stats.clone(),
+            running.clone(),
+        );
         let clock = node.get_ros_clock();
         std::thread::Builder::new()
             .name("inference".into())
@@ -289,7 +338,11 @@ fn run() -> anyhow::Result<()> {
     log::info!(
         "ready in {:.0} ms: subscribed to {}",
         started.elapsed().as_secs_f64() * 1e3,
-        if initial.input_transport == InputTransport::Raw { "image" } else { "image/compressed" }
+        if initial.input_transport == InputTransport::Raw {
+            "image"
+        } else {
+            "image/compressed"
+        }
     );
 
     while running.load(Ordering::Acquire) && !worker.is_finished() {

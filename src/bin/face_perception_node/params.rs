@@ -87,7 +87,10 @@ fn parse_saliency(s: &str) -> Result<SaliencyMethod, String> {
 }
 
 /// Validates a complete set of values into [`Settings`].
-fn settings_from(values: &Map<String, Value>, generation: u64) -> Result<Settings, (String, String)> {
+fn settings_from(
+    values: &Map<String, Value>,
+    generation: u64,
+) -> Result<Settings, (String, String)> {
     let mut raw = Map::new();
     let mut transport = InputTransport::Raw;
     let mut max_frame_age = DEFAULT_MAX_FRAME_AGE;
@@ -95,7 +98,8 @@ fn settings_from(values: &Map<String, Value>, generation: u64) -> Result<Setting
     for (k, v) in values {
         match k.as_str() {
             "input_transport" => {
-                transport = parse_transport(v.as_str().unwrap_or_default()).map_err(|e| (k.clone(), e))?
+                transport =
+                    parse_transport(v.as_str().unwrap_or_default()).map_err(|e| (k.clone(), e))?
             }
             "max_frame_age" => {
                 let age = v.as_f64().unwrap_or(f64::NAN);
@@ -105,16 +109,24 @@ fn settings_from(values: &Map<String, Value>, generation: u64) -> Result<Setting
                 max_frame_age = age;
             }
             "saliency_method" => {
-                saliency_method = parse_saliency(v.as_str().unwrap_or_default()).map_err(|e| (k.clone(), e))?
+                saliency_method =
+                    parse_saliency(v.as_str().unwrap_or_default()).map_err(|e| (k.clone(), e))?
             }
             _ => {
                 raw.insert(k.clone(), v.clone());
             }
         }
     }
-    let raw: RawConfig = serde_json::from_value(Value::Object(raw)).map_err(|e| ("(config)".to_string(), e.to_string()))?;
+    let raw: RawConfig = serde_json::from_value(Value::Object(raw))
+        .map_err(|e| ("(config)".to_string(), e.to_string()))?;
     let config = Config::from_raw(raw).map_err(|e| (e.field.to_string(), e.reason))?;
-    Ok(Settings { config, input_transport: transport, max_frame_age, saliency_method, generation })
+    Ok(Settings {
+        config,
+        input_transport: transport,
+        max_frame_age,
+        saliency_method,
+        generation,
+    })
 }
 
 fn json_from_param(value: &ParameterValue) -> Option<Value> {
@@ -145,33 +157,55 @@ pub fn default_values() -> Map<String, Value> {
     };
     values.insert("input_transport".into(), Value::String("raw".into()));
     values.insert("max_frame_age".into(), Value::from(DEFAULT_MAX_FRAME_AGE));
-    values.insert("saliency_method".into(), Value::String(SaliencyMethod::default().to_string()));
+    values.insert(
+        "saliency_method".into(),
+        Value::String(SaliencyMethod::default().to_string()),
+    );
     values
 }
 
 fn conv_error(name: &str, msg: impl Into<String>) -> r2r::Error {
-    r2r::Error::ParameterValueConv { name: name.to_string(), msg: msg.into() }
+    r2r::Error::ParameterValueConv {
+        name: name.to_string(),
+        msg: msg.into(),
+    }
 }
 
 impl NodeParams {
     /// Parameters at their defaults.
     pub fn new() -> Result<(Self, Arc<Mutex<Settings>>), String> {
         let values = default_values();
-        let settings = settings_from(&values, 0).map_err(|(f, r)| format!("default {f} is invalid: {r}"))?;
+        let settings =
+            settings_from(&values, 0).map_err(|(f, r)| format!("default {f} is invalid: {r}"))?;
         let settings = Arc::new(Mutex::new(settings));
-        Ok((Self { values, settings: settings.clone(), started: false }, settings))
+        Ok((
+            Self {
+                values,
+                settings: settings.clone(),
+                started: false,
+            },
+            settings,
+        ))
     }
 
     /// Applies one value: checked for type, then the whole set re-validated.
     fn apply(&mut self, name: &str, value: &ParameterValue) -> Result<(), r2r::Error> {
         let Some(current) = self.values.get(name) else {
-            return Err(r2r::Error::InvalidParameterName { name: name.to_string() });
+            return Err(r2r::Error::InvalidParameterName {
+                name: name.to_string(),
+            });
         };
         if self.started && name == "input_transport" {
-            return Err(conv_error(name, "read-only while running: set it in the parameters file and restart"));
+            return Err(conv_error(
+                name,
+                "read-only while running: set it in the parameters file and restart",
+            ));
         }
         let Some(mut new) = json_from_param(value) else {
-            return Err(conv_error(name, format!("unsupported value type {}", value.type_name())));
+            return Err(conv_error(
+                name,
+                format!("unsupported value type {}", value.type_name()),
+            ));
         };
         // The same type as the default, except that an integer may set a double.
         let same_type = match (current, &new) {
@@ -180,17 +214,32 @@ impl NodeParams {
             _ => false,
         };
         if !same_type {
-            return Err(conv_error(name, format!("wrong type {}, expected the type of {current}", value.type_name())));
+            return Err(conv_error(
+                name,
+                format!(
+                    "wrong type {}, expected the type of {current}",
+                    value.type_name()
+                ),
+            ));
         }
         if let (Value::Number(a), Value::Number(b)) = (current, &new) {
             if a.is_f64() {
-                new = b.as_f64().and_then(serde_json::Number::from_f64).map(Value::Number).unwrap_or(new);
+                new = b
+                    .as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+                    .unwrap_or(new);
             }
         }
         let mut candidate = self.values.clone();
         candidate.insert(name.to_string(), new);
-        let generation = self.settings.lock().map(|s| s.generation + 1).unwrap_or_default();
-        let settings = settings_from(&candidate, generation).map_err(|(field, reason)| conv_error(&field, reason))?;
+        let generation = self
+            .settings
+            .lock()
+            .map(|s| s.generation + 1)
+            .unwrap_or_default();
+        let settings = settings_from(&candidate, generation)
+            .map_err(|(field, reason)| conv_error(&field, reason))?;
         self.values = candidate;
         if let Ok(mut shared) = self.settings.lock() {
             *shared = settings;
@@ -208,7 +257,9 @@ impl RosParams for NodeParams {
     ) -> r2r::Result<()> {
         // Unknown parameters from a params file are reported, not fatal.
         for unknown in params.keys() {
-            let known = DESCRIPTIONS.iter().any(|(n, _)| unknown.strip_prefix(prefix) == Some(*n));
+            let known = DESCRIPTIONS
+                .iter()
+                .any(|(n, _)| unknown.strip_prefix(prefix) == Some(*n));
             if !known && unknown != "use_sim_time" && !unknown.starts_with("qos_overrides") {
                 log::warn!("unknown parameter {unknown} ignored");
             }
@@ -222,7 +273,11 @@ impl RosParams for NodeParams {
                     log::error!("parameter {full}: {e}; keeping the default");
                 }
             }
-            let value = self.values.get(*name).map(param_from_json).unwrap_or(ParameterValue::NotSet);
+            let value = self
+                .values
+                .get(*name)
+                .map(param_from_json)
+                .unwrap_or(ParameterValue::NotSet);
             params.insert(full, Parameter { value, description });
         }
         self.started = true;
@@ -233,7 +288,9 @@ impl RosParams for NodeParams {
         self.values
             .get(name)
             .map(param_from_json)
-            .ok_or_else(|| r2r::Error::InvalidParameterName { name: name.to_string() })
+            .ok_or_else(|| r2r::Error::InvalidParameterName {
+                name: name.to_string(),
+            })
     }
 
     fn set_parameter(&mut self, name: &str, value: &ParameterValue) -> r2r::Result<()> {
@@ -241,7 +298,16 @@ impl RosParams for NodeParams {
     }
 
     fn check_parameter(&self, name: &str, value: &ParameterValue) -> r2r::Result<()> {
-        let mut probe = NodeParams { values: self.values.clone(), settings: Arc::new(Mutex::new(self.settings.lock().map(|s| s.clone()).map_err(|_| conv_error(name, "settings lock poisoned"))?)), started: self.started };
+        let mut probe = NodeParams {
+            values: self.values.clone(),
+            settings: Arc::new(Mutex::new(
+                self.settings
+                    .lock()
+                    .map(|s| s.clone())
+                    .map_err(|_| conv_error(name, "settings lock poisoned"))?,
+            )),
+            started: self.started,
+        };
         probe.apply(name, value)
     }
 }
@@ -262,11 +328,20 @@ mod tests {
     #[test]
     fn invalid_values_are_refused_and_the_old_value_kept() {
         let (mut params, settings) = NodeParams::new().expect("defaults are valid");
-        let err = params.apply("score_threshold", &ParameterValue::Double(1.5)).unwrap_err();
+        let err = params
+            .apply("score_threshold", &ParameterValue::Double(1.5))
+            .unwrap_err();
         assert!(err.to_string().contains("(0, 1]"), "{err}");
-        assert_eq!(params.values["score_threshold"], default_values()["score_threshold"]);
-        assert!(params.apply("max_faces", &ParameterValue::String("many".into())).is_err());
-        params.apply("score_threshold", &ParameterValue::Double(0.7)).expect("valid");
+        assert_eq!(
+            params.values["score_threshold"],
+            default_values()["score_threshold"]
+        );
+        assert!(params
+            .apply("max_faces", &ParameterValue::String("many".into()))
+            .is_err());
+        params
+            .apply("score_threshold", &ParameterValue::Double(0.7))
+            .expect("valid");
         assert!((settings.lock().unwrap().config.detector().score_threshold - 0.7).abs() < 1e-6);
         assert_eq!(settings.lock().unwrap().generation, 1);
     }
