@@ -18,9 +18,8 @@ fn main() {
     }
     if let Ok(dir) = std::env::var("FACE_PERCEPTION_LIBPYTHON_DIR") {
         println!("cargo:rustc-link-search=native={dir}");
-        println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{dir}");
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-lpython3.11,--as-needed");
-        println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{dir}");
-        println!("cargo:rustc-link-arg-tests=-Wl,--no-as-needed,-lpython3.11,--as-needed");
+        // Every linked target: binaries, tests, examples and benches.
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-lpython3.11,--as-needed");
     }
 }
