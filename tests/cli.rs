@@ -170,3 +170,50 @@ fn invalid_options_are_refused_with_the_field_name() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("score_threshold"));
 }
+
+#[test]
+fn saliency_images_for_each_classifier_and_face() {
+    let out = tempfile::tempdir().unwrap();
+    for method in ["guided", "gradcam"] {
+        let dir = out.path().join(method);
+        let output = analyze(&[
+            Path::new("--saliency"),
+            &dir,
+            Path::new("--saliency-method"),
+            Path::new(method),
+            &photo("astronaut.jpg"),
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for task in ["emotion", "gender"] {
+            let frame = image::open(dir.join(format!("astronaut_saliency_{task}.png"))).unwrap();
+            assert_eq!(
+                (frame.width(), frame.height()),
+                (512, 512),
+                "frame-sized overlay"
+            );
+            // The single face has id "0" (no tracking for photos).
+            let face = image::open(dir.join(format!("astronaut_saliency_{task}_face0.png")))
+                .unwrap()
+                .to_luma8();
+            let (min, max) = face
+                .pixels()
+                .fold((255u8, 0u8), |(lo, hi), p| (lo.min(p[0]), hi.max(p[0])));
+            assert!(
+                max > min + 50,
+                "{method} {task}: the face map has contrast ({min}..{max})"
+            );
+        }
+    }
+    let refused = analyze(&[
+        Path::new("--saliency"),
+        out.path(),
+        Path::new("--saliency-method"),
+        Path::new("magic"),
+        &photo("astronaut.jpg"),
+    ]);
+    assert!(!refused.status.success());
+}

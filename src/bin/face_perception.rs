@@ -10,6 +10,7 @@ use face_perception::classify::Classification;
 use face_perception::config::{Config, RawConfig};
 use face_perception::frame::{Frame, FrameError, FrameLimits};
 use face_perception::pipeline::{FaceResult, FrameRequest, FrameResult, Pipeline};
+use face_perception::saliency::SaliencyMethod;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::ser::SerializeMap;
 use serde::Serialize;
@@ -91,6 +92,15 @@ struct AnalyzeArgs {
     /// Further settings from a TOML file (fields of RawConfig); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Write guided-backprop saliency images into this folder (images only):
+    /// per classifier, the frame with heat maps over the faces
+    /// (`<name>_saliency_<classifier>.png`) and each face's map
+    /// (`<name>_saliency_<classifier>_face<id>.png`).
+    #[arg(long, value_name = "DIR")]
+    saliency: Option<PathBuf>,
+    /// Saliency method.
+    #[arg(long, value_name = "guided|plain|gradcam", default_value = "guided")]
+    saliency_method: String,
     /// For videos: analyse every Nth frame.
     #[arg(long, value_name = "N", default_value_t = 1)]
     every: u64,
@@ -371,15 +381,21 @@ fn image_record<'a>(
 }
 
 /// Chooses an output file name in `dir` not used before in this run.
-fn output_path(dir: &Path, input: &Path, suffix: &str, used: &mut HashSet<PathBuf>) -> PathBuf {
+fn output_path(
+    dir: &Path,
+    input: &Path,
+    kind: &str,
+    suffix: &str,
+    used: &mut HashSet<PathBuf>,
+) -> PathBuf {
     let stem = input
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("image");
-    let mut candidate = dir.join(format!("{stem}_annotated.{suffix}"));
+    let mut candidate = dir.join(format!("{stem}_{kind}.{suffix}"));
     let mut n = 1;
     while used.contains(&candidate) {
-        candidate = dir.join(format!("{stem}_annotated_{n}.{suffix}"));
+        candidate = dir.join(format!("{stem}_{kind}_{n}.{suffix}"));
         n += 1;
     }
     used.insert(candidate.clone());
@@ -402,6 +418,8 @@ struct Run<'a> {
     image_config: Config,
     video_config: Config,
     annotated_dir: Option<&'a Path>,
+    saliency_dir: Option<&'a Path>,
+    saliency_method: SaliencyMethod,
     used_names: HashSet<PathBuf>,
     every: u64,
     out: std::io::StdoutLock<'static>,
@@ -422,14 +440,40 @@ impl Run<'_> {
         let frame = read_image(path, self.image_config.frame_limits())?;
         let request = FrameRequest {
             annotated: self.annotated_dir.is_some(),
+            explain: self.saliency_dir.map(|_| self.saliency_method),
             ..Default::default()
         };
         let result = self.pipeline.process(&frame, &request)?;
         let name = path.to_string_lossy();
         self.emit(&image_record(&name, None, &frame, &result))?;
         if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
-            let out = output_path(dir, path, "png", &mut self.used_names);
+            let out = output_path(dir, path, "annotated", "png", &mut self.used_names);
             write_png(&out, annotated)?;
+        }
+        if let Some(dir) = self.saliency_dir {
+            for explained in &result.saliency_images {
+                let task = explained.task.model_name();
+                let out = output_path(
+                    dir,
+                    path,
+                    &format!("saliency_{task}"),
+                    "png",
+                    &mut self.used_names,
+                );
+                write_png(&out, &explained.overlay)?;
+                for (id, map) in &explained.face_maps {
+                    let kind = format!("saliency_{task}_face{id}");
+                    let out = output_path(dir, path, &kind, "png", &mut self.used_names);
+                    image::save_buffer(
+                        &out,
+                        &map.data,
+                        map.width as u32,
+                        map.height as u32,
+                        image::ExtendedColorType::L8,
+                    )
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                }
+            }
         }
         Ok(())
     }
@@ -467,7 +511,7 @@ impl Run<'_> {
             self.emit(&image_record(&name, Some(this), &frame, &result))?;
             if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
                 if writer.is_none() {
-                    let out = output_path(dir, path, "avi", &mut self.used_names);
+                    let out = output_path(dir, path, "annotated", "avi", &mut self.used_names);
                     let fourcc = VideoWriter::fourcc('M', 'J', 'P', 'G')?;
                     let size = opencv::core::Size::new(
                         annotated.width() as i32,
@@ -514,7 +558,11 @@ fn analyze(args: &AnalyzeArgs) -> Result<bool> {
     .context("invalid option")?;
     // Videos: tracking and smoothing as configured.
     let video_config = Config::from_raw(raw).context("invalid option")?;
-    if let Some(dir) = &args.annotated {
+    let saliency_method: SaliencyMethod = args
+        .saliency_method
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid option --saliency-method: {e}"))?;
+    for dir in [&args.annotated, &args.saliency].into_iter().flatten() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut errors = Vec::new();
@@ -525,6 +573,8 @@ fn analyze(args: &AnalyzeArgs) -> Result<bool> {
         image_config,
         video_config,
         annotated_dir: args.annotated.as_deref(),
+        saliency_dir: args.saliency.as_deref(),
+        saliency_method,
         used_names: HashSet::new(),
         every: args.every,
         out: std::io::stdout().lock(),
