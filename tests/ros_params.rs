@@ -195,13 +195,7 @@ fn valid_changes_take_effect_from_the_next_frame() {
         "{:?}",
         next.faces
     );
-    // An integer may set a double parameter.
     session.set_ok("score_threshold", ParameterValue::Double(0.5));
-    let (ok, reason) = session
-        .params()
-        .set("score_threshold", ParameterValue::Integer(1));
-    assert!(ok, "integer 1 for score_threshold: {reason}");
-    assert_eq!(session.get("score_threshold"), ParameterValue::Double(1.0));
 }
 
 #[test]
@@ -360,4 +354,30 @@ fn invalid_start_up_value_is_refused_with_a_log_line_and_the_default_kept() {
 fn node_alive(session: &Session) -> bool {
     // `try_wait` needs `&mut`; /proc tells the same without it.
     std::path::Path::new(&format!("/proc/{}", session.node.child.id())).exists()
+}
+
+/// Regression test: a double parameter stays a double: an integer for it is
+/// either refused or, if accepted, must not change the parameter's type. r2r's set_parameters handler stores the value as
+/// sent in the node's parameter map, which describe_parameters and
+/// get_parameter_types read, while get_parameters reads `NodeParams`.
+#[test]
+fn a_double_parameter_set_from_an_integer_stays_a_double() {
+    use r2r::rcl_interfaces::msg::ParameterType;
+    let session = Session::start("/params_types", &[]);
+    let params = session.params();
+    let (ok, reason) = params.set("score_threshold", ParameterValue::Integer(1));
+    if !ok {
+        // Refusing the type change (as rclcpp does) is fine too.
+        assert!(!reason.is_empty());
+        assert_eq!(session.get("score_threshold"), ParameterValue::Double(0.5));
+    } else {
+        assert_eq!(session.get("score_threshold"), ParameterValue::Double(1.0));
+    }
+    let descriptor = params.describe(&["score_threshold".to_string()]).remove(0);
+    assert_eq!(
+        descriptor.type_,
+        ParameterType::PARAMETER_DOUBLE as u8,
+        "describe_parameters reports type {} for score_threshold after an integer was accepted",
+        descriptor.type_
+    );
 }
