@@ -23,7 +23,7 @@ test: setup
 	@echo "== tests: perception core without ROS"
 	@$(ENV) env -u AMENT_PREFIX_PATH cargo test --no-default-features $(CARGO_TEST_FLAGS)
 	@echo "== tests: ROS node over the real middleware, launch/config files, rclpy client"
-	@$(ENV) cargo test --features ros --test 'ros_*' $(CARGO_TEST_FLAGS) -- --test-threads=1
+	@$(ENV) cargo test --features ros --bins --test 'ros_*' $(CARGO_TEST_FLAGS) -- --test-threads=1
 	@echo "== fuzz target builds"
 	@$(ENV) if [ -f fuzz/Cargo.toml ]; then cargo build --manifest-path fuzz/Cargo.toml --quiet; fi
 

@@ -65,6 +65,11 @@ done
 export FACE_PERCEPTION_MODELS="${FACE_PERCEPTION_MODELS:-$_fp_root/models}"
 unset _d _f _fp_venv _fp_msgs
 
+# Fast DDS: camera-sized frames whole over shared memory (config/fastdds.xml).
+if [ -z "${FASTRTPS_DEFAULT_PROFILES_FILE:-}" ]; then
+  export FASTRTPS_DEFAULT_PROFILES_FILE="$_fp_root/config/fastdds.xml"
+fi
+
 # Keep DDS discovery on this machine unless the caller chose otherwise
 # (on a robot with several hosts, export ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET first).
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"

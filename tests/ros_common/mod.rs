@@ -450,33 +450,10 @@ impl<'a> ParamClient<'a> {
 /// frames. With the default 512 kB segment a larger sample (640x480 rgb8 is
 /// 900 kB) goes over UDP in fragments, and a best-effort (sensor-data) reader
 /// loses about half of them on loopback at 10 Hz already.
-const LARGE_MESSAGE_PROFILE: &str = r#"<?xml version="1.0" encoding="UTF-8" ?>
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>shm_large</transport_id>
-      <type>SHM</type>
-      <segment_size>16777216</segment_size>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>udp_local</transport_id>
-      <type>UDPv4</type>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="face_perception_tests" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>shm_large</transport_id>
-        <transport_id>udp_local</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"#;
 
 /// Makes this process and the nodes it starts afterwards (they inherit the
-/// environment) use [`LARGE_MESSAGE_PROFILE`]. Call before the first ROS
+/// environment) use the package's Fast DDS profile, `config/fastdds.xml`
+/// (16 MB shared-memory segments, so camera frames are not fragmented). Call before the first ROS
 /// context of the process; a profile chosen by the caller is kept.
 pub fn large_message_transport() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -484,11 +461,7 @@ pub fn large_message_transport() {
         if std::env::var_os("FASTRTPS_DEFAULT_PROFILES_FILE").is_some() {
             return;
         }
-        let path = std::env::temp_dir().join(format!(
-            "face_perception_fastdds_{}.xml",
-            std::process::id()
-        ));
-        std::fs::write(&path, LARGE_MESSAGE_PROFILE).expect("Fast DDS profile");
+        let path = repo_path("config/fastdds.xml");
         std::env::set_var("FASTRTPS_DEFAULT_PROFILES_FILE", &path);
         std::env::set_var("FASTDDS_DEFAULT_PROFILES_FILE", &path);
     });

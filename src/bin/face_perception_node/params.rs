@@ -201,16 +201,17 @@ impl NodeParams {
                 "read-only while running: set it in the parameters file and restart",
             ));
         }
-        let Some(mut new) = json_from_param(value) else {
+        let Some(new) = json_from_param(value) else {
             return Err(conv_error(
                 name,
                 format!("unsupported value type {}", value.type_name()),
             ));
         };
-        // The same type as the default, except that an integer may set a double.
+        // The same type as the declared one (as rclcpp: an integer does not
+        // set a double parameter, write 1.0).
         let same_type = match (current, &new) {
             (Value::Bool(_), Value::Bool(_)) | (Value::String(_), Value::String(_)) => true,
-            (Value::Number(a), Value::Number(b)) => a.is_f64() || (a.is_i64() && b.is_i64()),
+            (Value::Number(a), Value::Number(b)) => a.is_f64() == b.is_f64(),
             _ => false,
         };
         if !same_type {
@@ -221,15 +222,6 @@ impl NodeParams {
                     value.type_name()
                 ),
             ));
-        }
-        if let (Value::Number(a), Value::Number(b)) = (current, &new) {
-            if a.is_f64() {
-                new = b
-                    .as_f64()
-                    .and_then(serde_json::Number::from_f64)
-                    .map(Value::Number)
-                    .unwrap_or(new);
-            }
         }
         let mut candidate = self.values.clone();
         candidate.insert(name.to_string(), new);
