@@ -446,15 +446,13 @@ impl<'a> ParamClient<'a> {
     }
 }
 
-/// Fast DDS profile: shared-memory segments large enough for whole camera
-/// frames. With the default 512 kB segment a larger sample (640x480 rgb8 is
-/// 900 kB) goes over UDP in fragments, and a best-effort (sensor-data) reader
-/// loses about half of them on loopback at 10 Hz already.
-
 /// Makes this process and the nodes it starts afterwards (they inherit the
-/// environment) use the package's Fast DDS profile, `config/fastdds.xml`
-/// (16 MB shared-memory segments, so camera frames are not fragmented). Call before the first ROS
-/// context of the process; a profile chosen by the caller is kept.
+/// environment) use the package's Fast DDS profile, `config/fastdds.xml`:
+/// with the default 512 kB shared-memory segment a larger sample (640x480
+/// rgb8 is 900 kB) goes over UDP in fragments, and a best-effort
+/// (sensor-data) reader loses about half of them on loopback at 10 Hz.
+/// Call before the first ROS context of the process; a profile chosen by the
+/// caller (`FASTRTPS_DEFAULT_PROFILES_FILE`) is kept.
 pub fn large_message_transport() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
