@@ -116,9 +116,27 @@ pub struct FrameRequest {
     pub annotated: bool,
     /// Keep the classifier inputs for saliency.
     pub saliency: Option<SaliencyRequest>,
-    /// Compute saliency images with this method for every enabled gender
-    /// and emotion classifier ([`FrameResult::saliency_images`]).
-    pub explain: Option<SaliencyMethod>,
+    /// Compute saliency images ([`FrameResult::saliency_images`]).
+    pub explain: Option<Explain>,
+}
+
+/// Which saliency images a frame should get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explain {
+    /// The saliency method.
+    pub method: SaliencyMethod,
+    /// The classifiers to explain (disabled ones are skipped).
+    pub tasks: Vec<ClassifierTask>,
+}
+
+impl Explain {
+    /// Both gender and emotion.
+    pub fn all(method: SaliencyMethod) -> Self {
+        Self {
+            method,
+            tasks: vec![ClassifierTask::Emotion, ClassifierTask::Gender],
+        }
+    }
 }
 
 /// Wall time per stage of one frame.
@@ -521,8 +539,8 @@ impl Pipeline {
             .and_then(|s| self.saliency_inputs(s, &faces));
         let mut saliency_images = Vec::new();
         let saliency_start = Instant::now();
-        if let (Some(method), Some(manifest)) = (request.explain, self.manifest.as_ref()) {
-            for task in [ClassifierTask::Emotion, ClassifierTask::Gender] {
+        if let (Some(explain), Some(manifest)) = (&request.explain, self.manifest.as_ref()) {
+            for &task in &explain.tasks {
                 let req = SaliencyRequest {
                     task,
                     class_index: None,
@@ -530,7 +548,12 @@ impl Pipeline {
                 let Some(inputs) = self.saliency_inputs(&req, &faces) else {
                     continue;
                 };
-                saliency_images.push(self.saliency.explain(manifest, frame, &inputs, method)?);
+                saliency_images.push(self.saliency.explain(
+                    manifest,
+                    frame,
+                    &inputs,
+                    explain.method,
+                )?);
             }
         }
         let saliency_time = saliency_start.elapsed();

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use face_perception::classify::Classification;
 use face_perception::config::{Config, RawConfig};
 use face_perception::frame::{Frame, FrameError, FrameLimits};
-use face_perception::pipeline::{FaceResult, FrameRequest, FrameResult, Pipeline};
+use face_perception::pipeline::{Explain, FaceResult, FrameRequest, FrameResult, Pipeline};
 use face_perception::saliency::SaliencyMethod;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::ser::SerializeMap;
@@ -440,7 +440,9 @@ impl Run<'_> {
         let frame = read_image(path, self.image_config.frame_limits())?;
         let request = FrameRequest {
             annotated: self.annotated_dir.is_some(),
-            explain: self.saliency_dir.map(|_| self.saliency_method),
+            explain: self
+                .saliency_dir
+                .map(|_| Explain::all(self.saliency_method)),
             ..Default::default()
         };
         let result = self.pipeline.process(&frame, &request)?;

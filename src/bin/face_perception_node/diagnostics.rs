@@ -102,6 +102,11 @@ impl Stats {
     pub fn on_bad_input(&mut self, kind: &'static str) -> bool {
         *self.bad_input.entry(kind).or_default() += 1;
         self.period_bad += 1;
+        self.should_log(kind)
+    }
+
+    /// True when a log line of `kind` is due (at most one per [`LOG_INTERVAL`]).
+    pub fn should_log(&mut self, kind: &'static str) -> bool {
         let now = Instant::now();
         match self.last_logged.get(kind) {
             Some(t) if now.duration_since(*t) < LOG_INTERVAL => false,

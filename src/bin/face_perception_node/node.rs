@@ -6,7 +6,7 @@ use crate::params::{InputTransport, NodeParams, Settings};
 use anyhow::Context as _;
 use face_perception::classify::ClassifierTask;
 use face_perception::frame::Frame;
-use face_perception::pipeline::{FrameRequest, Pipeline};
+use face_perception::pipeline::{Explain, FrameRequest, Pipeline};
 use futures::StreamExt;
 use r2r::face_perception_msgs::msg::FaceArray;
 use r2r::sensor_msgs::msg::{CompressedImage, Image};
@@ -141,12 +141,22 @@ fn worker(
             }
             continue;
         }
-        let saliency_wanted =
-            subscribed(&outputs.saliency_emotion) || subscribed(&outputs.saliency_gender);
+        // Saliency only for the classifiers whose topic is watched.
+        let tasks: Vec<ClassifierTask> = [
+            (ClassifierTask::Emotion, &outputs.saliency_emotion),
+            (ClassifierTask::Gender, &outputs.saliency_gender),
+        ]
+        .into_iter()
+        .filter(|(_, publisher)| subscribed(publisher))
+        .map(|(task, _)| task)
+        .collect();
         let request = FrameRequest {
             annotated: subscribed(&outputs.annotated),
             saliency: None,
-            explain: saliency_wanted.then_some(current.saliency_method),
+            explain: (!tasks.is_empty()).then_some(Explain {
+                method: current.saliency_method,
+                tasks,
+            }),
         };
         let convert_ms = started.elapsed().as_secs_f64() * 1e3;
         let result = match pipeline.process(&frame, &request) {
@@ -154,7 +164,7 @@ fn worker(
             Err(e) => {
                 let mut s = lock_stats(&stats);
                 s.pipeline_errors += 1;
-                if s.on_bad_input("pipeline_error") {
+                if s.should_log("pipeline_error") {
                     log::error!("frame failed in the pipeline: {e}");
                 }
                 s.last_error = Some(e.to_string());
@@ -180,13 +190,11 @@ fn worker(
                 ClassifierTask::Gender => &outputs.saliency_gender,
                 ClassifierTask::Age => continue,
             };
-            if subscribed(publisher) {
-                images += usize::from(
-                    publisher
-                        .publish(&messages::image_from_frame(&header, explained.overlay))
-                        .is_ok(),
-                );
-            }
+            images += usize::from(
+                publisher
+                    .publish(&messages::image_from_frame(&header, explained.overlay))
+                    .is_ok(),
+            );
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut stages = BTreeMap::new();
