@@ -39,7 +39,7 @@ pub const DEFAULT_TRACK_MAX_MISSED: i64 = 10;
 /// Default IoU for matching a detection to a track.
 pub const DEFAULT_TRACK_IOU: f64 = 0.3;
 /// Default ONNX Runtime intra-op threads per session (measured: see the README).
-pub const DEFAULT_INTRA_OP_THREADS: i64 = 1;
+pub const DEFAULT_INTRA_OP_THREADS: i64 = 2;
 /// Largest accepted `intra_op_threads`.
 pub const MAX_INTRA_OP_THREADS: i64 = 64;
 /// The Haar cascade used when none is configured (Debian's `opencv-data`).

@@ -212,6 +212,12 @@ pub fn load_session(
         .map_err(|e| load_error(e.to_string()))?
         .with_inter_threads(1)
         .map_err(|e| load_error(e.to_string()))?
+        // Idle intra-op workers sleep instead of spinning. Each session has
+        // its own pool, and a pool that spins after its run steals the core
+        // from the next session's run: measured here with 2 threads, spinning
+        // made CenterFace 23 ms instead of 9 ms (1 thread: 12 ms).
+        .with_intra_op_spinning(false)
+        .map_err(|e| load_error(e.to_string()))?
         .commit_from_memory(&bytes)
         .map_err(|e| load_error(e.to_string()))?;
     log::debug!(
