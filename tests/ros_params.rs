@@ -215,6 +215,10 @@ fn invalid_changes_are_refused_with_a_reason_and_the_old_value_kept() {
         ("max_frame_age", ParameterValue::Double(-1.0)),
         ("saliency_method", ParameterValue::String("magic".into())),
         ("enable_gender", ParameterValue::String("yes".into())),
+        (
+            "models_dir",
+            ParameterValue::String("/nonexistent/face_perception_models".into()),
+        ),
     ];
     for (name, value) in cases {
         let before = session.get(name);

@@ -5,9 +5,11 @@
 //! `input_transport`, `max_frame_age` and `saliency_method`.
 
 use face_perception::config::{Config, RawConfig};
+use face_perception::manifest::Manifest;
 use face_perception::saliency::SaliencyMethod;
 use r2r::{Parameter, ParameterValue, RosParams};
 use serde_json::{Map, Value};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// r2r's parameter map type.
@@ -171,6 +173,21 @@ fn conv_error(name: &str, msg: impl Into<String>) -> r2r::Error {
     }
 }
 
+/// A models directory given while running must hold a manifest whose model
+/// files are all present and match their checksums; otherwise the change is
+/// refused (at start-up the pipeline reports the same errors and exits).
+/// Empty means the installed models, checked when the node started.
+fn check_models_dir(dir: &str) -> Result<(), String> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    let manifest = Manifest::load(Path::new(dir)).map_err(|e| e.to_string())?;
+    for entry in &manifest.models {
+        manifest.read_verified(entry).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 impl NodeParams {
     /// Parameters at their defaults.
     pub fn new() -> Result<(Self, Arc<Mutex<Settings>>), String> {
@@ -222,6 +239,11 @@ impl NodeParams {
                     value.type_name()
                 ),
             ));
+        }
+        if self.started && name == "models_dir" {
+            if let Value::String(dir) = &new {
+                check_models_dir(dir).map_err(|reason| conv_error(name, reason))?;
+            }
         }
         let mut candidate = self.values.clone();
         candidate.insert(name.to_string(), new);
@@ -336,5 +358,26 @@ mod tests {
             .expect("valid");
         assert!((settings.lock().unwrap().config.detector().score_threshold - 0.7).abs() < 1e-6);
         assert_eq!(settings.lock().unwrap().generation, 1);
+    }
+
+    #[test]
+    fn a_models_dir_without_valid_models_is_refused_while_running() {
+        let (mut params, _settings) = NodeParams::new().expect("defaults are valid");
+        params.started = true;
+        let empty = std::env::temp_dir().join(format!("fp_no_models_{}", std::process::id()));
+        std::fs::create_dir_all(&empty).expect("temp dir");
+        let err = params
+            .apply(
+                "models_dir",
+                &ParameterValue::String(empty.display().to_string()),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("manifest"), "{err}");
+        assert_eq!(params.values["models_dir"], default_values()["models_dir"]);
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
+        params
+            .apply("models_dir", &ParameterValue::String(shipped.into()))
+            .expect("the repository's models are valid");
+        std::fs::remove_dir_all(&empty).ok();
     }
 }
