@@ -87,11 +87,40 @@ pub struct Provenance {
     pub produced_by: String,
 }
 
-/// How a dense face detector's output maps become boxes (detectors only).
+/// How a detector's outputs become faces (detectors only): which decoder, and
+/// its numbers. The `decoder` key of `[model.decode]` selects the variant.
 ///
-/// `models/README.md` gives the full decoding; these are its numbers.
+/// `models/README.md` gives the full decoding of each.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DetectorDecode {
+#[serde(tag = "decoder", rename_all = "snake_case")]
+pub enum DetectorDecode {
+    /// CenterFace's dense maps: heatmap, log box size, centre offset, landmarks.
+    Centerface(CenterFaceDecode),
+    /// SSD anchors with per-anchor box and keypoint regressors (BlazeFace).
+    SsdAnchors(SsdAnchorsDecode),
+}
+
+impl DetectorDecode {
+    /// Score above which a candidate is a face.
+    pub fn score_threshold(&self) -> f32 {
+        match self {
+            Self::Centerface(d) => d.score_threshold,
+            Self::SsdAnchors(d) => d.score_threshold,
+        }
+    }
+
+    /// Greedy non-maximum suppression IoU.
+    pub fn nms_iou(&self) -> f32 {
+        match self {
+            Self::Centerface(d) => d.nms_iou,
+            Self::SsdAnchors(d) => d.nms_iou,
+        }
+    }
+}
+
+/// CenterFace decoding numbers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CenterFaceDecode {
     /// Input pixels per output-map cell.
     pub stride: u32,
     /// Network input height and width must each be a multiple of this.
@@ -99,6 +128,29 @@ pub struct DetectorDecode {
     /// Heatmap value above which a cell is a face centre.
     pub score_threshold: f32,
     /// Greedy non-maximum suppression drops a box whose IoU with a kept one reaches this.
+    pub nms_iou: f32,
+}
+
+/// SSD anchor decoding, with MediaPipe's `SsdAnchorsCalculator` options as
+/// BlazeFace uses them (square input, anchors of fixed size 1: only their
+/// centres matter).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SsdAnchorsDecode {
+    /// Stride of each anchor layer; consecutive layers of one stride share a
+    /// grid of `ceil(input / stride)` cells a side.
+    pub strides: Vec<u32>,
+    /// Anchors each layer adds per cell (2 when MediaPipe's
+    /// `interpolated_scale_aspect_ratio` is 1, else 1).
+    pub anchors_per_layer: u32,
+    /// Anchor centre within its cell, in cells (MediaPipe's `anchor_offset_x/y`).
+    pub anchor_offset: f32,
+    /// Keypoints per face after the four box values.
+    pub keypoints: u32,
+    /// Logits are clamped to +-this before the sigmoid.
+    pub logit_limit: f32,
+    /// Sigmoid score above which an anchor is a face.
+    pub score_threshold: f32,
+    /// Greedy non-maximum suppression drops a box whose IoU with a kept one exceeds this.
     pub nms_iou: f32,
 }
 

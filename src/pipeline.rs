@@ -44,8 +44,10 @@ use ort::session::Session;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Manifest name of the face detection model.
+/// Manifest name of the default face detection model (BlazeFace).
 pub const DETECTOR_MODEL: &str = "face_detector";
+/// Manifest name of the CenterFace face detection model.
+pub const CENTERFACE_MODEL: &str = "face_detector_centerface";
 
 /// Why the pipeline could not be built or could not process a frame.
 #[derive(Debug, thiserror::Error)]
@@ -282,7 +284,7 @@ fn load_detector(config: &Config, manifest: Option<&Manifest>) -> Result<Detecto
         DetectorBackend::Dnn => {
             let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
             let (session, entry) =
-                load_session(manifest, DETECTOR_MODEL, config.intra_op_threads())?;
+                load_session(manifest, CENTERFACE_MODEL, config.intra_op_threads())?;
             Ok(Detector::Dnn(Box::new(CenterFace::new(session, &entry)?)))
         }
     }

@@ -56,6 +56,8 @@ except ImportError:  # pragma: no cover
 FIXTURES = REPO_DIR / "tests" / "fixtures" / "models"
 PHOTO_DIR = FIXTURES / "photos"
 GOLDEN_DIR = FIXTURES / "golden"
+# Manifest name of CenterFace (the BlazeFace fixtures come from make_blazeface_fixtures.py).
+CENTERFACE_MODEL = "face_detector_centerface"
 TOLERANCE = 1e-4  # absolute, per element; both sides float32
 JPEG_QUALITY = 92
 DETECTOR_GOLDEN_SIZE = 128  # side of the small input for the raw-map check
@@ -258,11 +260,11 @@ def stage_photos(entries: dict) -> None:
     """Stage 1: photos, CenterFace's boxes on them (detector.json)."""
     shutil.rmtree(PHOTO_DIR, ignore_errors=True)
     PHOTO_DIR.mkdir(parents=True)
-    det_entry = entries["face_detector"]
+    det_entry = entries[CENTERFACE_MODEL]
     threshold = det_entry["decode"]["score_threshold"]
     detector = session(MODELS_DIR / det_entry["file"])
     detector_doc = {
-        "model": "face_detector",
+        "model": CENTERFACE_MODEL,
         "score_threshold": threshold,
         "iou_threshold": 0.9,
         "note": "Boxes [x1, y1, x2, y2] in photo pixels; network input = photo resized "
@@ -313,7 +315,7 @@ def stage_golden(entries: dict) -> None:
     shutil.rmtree(GOLDEN_DIR, ignore_errors=True)
     GOLDEN_DIR.mkdir(parents=True)
     detector_doc, faces = load_faces()
-    det_entry = entries["face_detector"]
+    det_entry = entries[CENTERFACE_MODEL]
     detector = session(MODELS_DIR / det_entry["file"])
     report: dict = {
         "detector_boxes": {p["file"]: [f["box"] for f in p["faces"]] for p in detector_doc["photos"]},
@@ -398,7 +400,7 @@ def stage_golden(entries: dict) -> None:
     reference = reference_evaluator(model).run(None, {"input": x})
     onnx_rt = detector.run(None, {"input": x})
     names = [o["name"] for o in det_entry["outputs"]]
-    write_golden("face_detector", det_entry, f"onnx {onnx.__version__} ReferenceEvaluator (pure numpy)",
+    write_golden(CENTERFACE_MODEL, det_entry, f"onnx {onnx.__version__} ReferenceEvaluator (pure numpy)",
                  [f"astronaut resized to {DETECTOR_GOLDEN_SIZE}x{DETECTOR_GOLDEN_SIZE}"], x,
                  dict(zip(names, [r.astype(np.float32) for r in reference])), TOLERANCE)
     report["face_detector_maps_vs_reference_evaluator"] = {

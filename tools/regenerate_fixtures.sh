@@ -24,5 +24,6 @@ cd "$tools"
 "$venv/bin/python" make_fixtures.py photos
 "$agvenv/bin/python" dlib_package_reference.py
 "$venv/bin/python" make_fixtures.py golden > /dev/null
+"$venv/bin/python" make_blazeface_fixtures.py > /dev/null
 "$venv/bin/python" chip_alignment.py > /dev/null
 echo "tests/fixtures/models/ regenerated; see tests/fixtures/models/fidelity_report.json"

@@ -26,6 +26,7 @@ cd "$tools"
 "$venv/bin/python" extract_dlib.py "$out"
 "$venv/bin/python" convert_centerface.py "$out/centerface.onnx"
 "$venv/bin/python" convert_emotion.py "$out/emotion_mini_xception.onnx"
+"$venv/bin/python" convert_blazeface.py --variant full_range "$out/blazeface_full_range.onnx"
 "$venv/bin/python" check_models.py "$out"
 
 if [[ "${1:-}" != "--check" ]]; then

