@@ -129,6 +129,17 @@ fn bench_stages(c: &mut Criterion) {
             );
         }
     }
+    // The DNN backends by name (detect_dnn_* above is the default, CenterFace).
+    for backend in ["blazeface", "centerface"] {
+        let mut p = pipeline(1, backend);
+        for (w, h) in SIZES {
+            let f = frame(w, h, 2);
+            group.bench_function(
+                BenchmarkId::new(format!("detect_{backend}_t1"), format!("{w}x{h}_2faces")),
+                |b| b.iter(|| p.detect(black_box(&f)).unwrap()),
+            );
+        }
+    }
     let mut haar = pipeline(1, "haar");
     let f = frame(640, 480, 5);
     group.bench_function(BenchmarkId::new("detect_haar", "640x480"), |b| {

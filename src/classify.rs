@@ -15,7 +15,7 @@
 //! allocated once for `max_faces` faces and kept, so saliency can reuse the
 //! exact inputs of the last call ([`Classifier::last_batch`]).
 
-use crate::detect::{Detection, Landmarks, Normalization};
+use crate::detect::{Detection, Landmarks, Normalization, Point};
 use crate::frame::Frame;
 use crate::manifest::{ModelEntry, Task};
 use ndarray::{s, Array4, ArrayView4};
@@ -37,7 +37,8 @@ const MAX_SUPERSAMPLING: f32 = 4.0;
 /// most 2 x 2 times (the cost per face stays near a tenth of a millisecond).
 const MAX_SUPERSAMPLED_PIXELS: f32 = 128.0 * 128.0;
 /// Where CenterFace's five landmarks (eye, eye, nose tip, mouth corner, mouth
-/// corner; image-left first) fall in dlib's face chip, in the unpadded unit
+/// corner; image-left first) fall in dlib's face chip (BlazeFace's eyes and
+/// nose tip use the same points, its mouth centre the mean of the corners), in the unpadded unit
 /// square: measured by `tools/chip_alignment.py` through dlib's own transform
 /// (`models/README.md`, `tests/fixtures/models/chip_alignment.json`). A chip
 /// of side `size` and padding `p` puts point `t` at `(t + p) / (1 + 2p) * size`.
@@ -283,6 +284,9 @@ pub fn chip_for(
 
 /// dlib-style chip: the least-squares similarity (rotation, uniform scale,
 /// shift) taking the landmarks onto [`DLIB_TEMPLATE`] in a padded chip.
+/// CenterFace's five points map onto the template's five; BlazeFace's eyes,
+/// nose tip and mouth centre onto the template's eyes, nose tip and the mean
+/// of its mouth corners (its ear tragions have no template point).
 /// `None` when the landmarks are degenerate (all at one point).
 pub fn dlib_chip_geometry(
     landmarks: &Landmarks,
@@ -290,14 +294,19 @@ pub fn dlib_chip_geometry(
     chip_h: usize,
     padding: f32,
 ) -> Option<FaceChip> {
+    let t = DLIB_TEMPLATE;
+    let mouth_centre = ((t[3].0 + t[4].0) / 2.0, (t[3].1 + t[4].1) / 2.0);
+    let (points, template): (Vec<Point>, Vec<(f32, f32)>) = match landmarks {
+        Landmarks::FivePoint(l) => (l.points().to_vec(), t.to_vec()),
+        Landmarks::BlazeFace(k) => (
+            vec![k.right_eye, k.left_eye, k.nose_tip, k.mouth_centre],
+            vec![t[0], t[1], t[2], mouth_centre],
+        ),
+    };
     let span = 1.0 + 2.0 * padding;
     // Frame landmarks are continuous coordinates; pixel centres sit at +0.5.
-    let src: Vec<(f32, f32)> = landmarks
-        .points()
-        .iter()
-        .map(|p| (p.x - 0.5, p.y - 0.5))
-        .collect();
-    let dst: Vec<(f32, f32)> = DLIB_TEMPLATE
+    let src: Vec<(f32, f32)> = points.iter().map(|p| (p.x - 0.5, p.y - 0.5)).collect();
+    let dst: Vec<(f32, f32)> = template
         .iter()
         .map(|&(x, y)| {
             (
@@ -306,14 +315,20 @@ pub fn dlib_chip_geometry(
             )
         })
         .collect();
+    similarity_chip(&src, &dst)
+}
+
+/// The chip whose least-squares similarity takes the frame points `src` onto
+/// the chip points `dst`; `None` when `src` is degenerate.
+fn similarity_chip(src: &[(f32, f32)], dst: &[(f32, f32)]) -> Option<FaceChip> {
     let n = src.len() as f32;
     let mean = |pts: &[(f32, f32)]| {
         let (sx, sy) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
         (sx / n, sy / n)
     };
-    let (ms, md) = (mean(&src), mean(&dst));
+    let (ms, md) = (mean(src), mean(dst));
     let (mut a, mut b, mut norm) = (0.0f32, 0.0f32, 0.0f32);
-    for (s, d) in src.iter().zip(&dst) {
+    for (s, d) in src.iter().zip(dst) {
         let (xs, ys) = (s.0 - ms.0, s.1 - ms.1);
         let (xd, yd) = (d.0 - md.0, d.1 - md.1);
         a += xs * xd + ys * yd;
@@ -736,7 +751,7 @@ pub fn softmax_in_place(values: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{FaceBox, Point};
+    use crate::detect::{BlazeFaceKeypoints, FaceBox, FivePointLandmarks, Point};
 
     #[test]
     fn chip_geometry_covers_the_padded_box() {
@@ -770,11 +785,11 @@ mod tests {
     fn chip_geometry_levels_a_tilted_face() {
         let eye_left = Point { x: 0.0, y: 0.0 };
         let eye_right = Point { x: 10.0, y: 10.0 };
-        let landmarks = Landmarks {
+        let landmarks = Landmarks::FivePoint(FivePointLandmarks {
             eye_left,
             eye_right,
             ..Default::default()
-        };
+        });
         let det = Detection {
             bbox: FaceBox {
                 x: 0.0,
@@ -802,7 +817,8 @@ mod tests {
             x: 40.0 + 100.0 * x + 0.5,
             y: 10.0 + 100.0 * y + 0.5,
         });
-        let chip = dlib_chip_geometry(&Landmarks::from_points(points), 64, 64, 0.2).unwrap();
+        let landmarks = Landmarks::FivePoint(FivePointLandmarks::from_points(points));
+        let chip = dlib_chip_geometry(&landmarks, 64, 64, 0.2).unwrap();
         for (p, (tx, ty)) in points.iter().zip(DLIB_TEMPLATE) {
             let (u, v) = ((tx + 0.2) / 1.4 * 64.0, (ty + 0.2) / 1.4 * 64.0);
             let (x, y) = chip.chip_to_frame.apply(u, v);
@@ -811,8 +827,38 @@ mod tests {
                 "{x} {y} vs {p:?}"
             );
         }
-        let degenerate = Landmarks::from_points([Point { x: 5.0, y: 5.0 }; 5]);
+        let degenerate = Landmarks::FivePoint(FivePointLandmarks::from_points(
+            [Point { x: 5.0, y: 5.0 }; 5],
+        ));
         assert!(dlib_chip_geometry(&degenerate, 64, 64, 0.2).is_none());
+    }
+
+    #[test]
+    fn blazeface_keypoints_align_like_the_five_point_template() {
+        // Keypoints placed where the template puts eyes, nose and mouth centre
+        // (ears anywhere): the chip equals the five-point chip of the template.
+        let at = |(x, y): (f32, f32)| Point {
+            x: 40.0 + 100.0 * x + 0.5,
+            y: 10.0 + 100.0 * y + 0.5,
+        };
+        let t = DLIB_TEMPLATE;
+        let mouth = ((t[3].0 + t[4].0) / 2.0, (t[3].1 + t[4].1) / 2.0);
+        let blaze = Landmarks::BlazeFace(BlazeFaceKeypoints::from_points([
+            at(t[0]),
+            at(t[1]),
+            at(t[2]),
+            at(mouth),
+            at((-0.2, 0.4)),
+            at((1.2, 0.4)),
+        ]));
+        let five = Landmarks::FivePoint(FivePointLandmarks::from_points(t.map(at)));
+        let a = dlib_chip_geometry(&blaze, 32, 32, 0.2).unwrap();
+        let b = dlib_chip_geometry(&five, 32, 32, 0.2).unwrap();
+        for (ra, rb) in a.chip_to_frame.0.iter().zip(&b.chip_to_frame.0) {
+            for (va, vb) in ra.iter().zip(rb) {
+                assert!((va - vb).abs() < 1e-3, "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

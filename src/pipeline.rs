@@ -28,6 +28,7 @@ use crate::classify::{
     AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError, FaceChip,
 };
 use crate::config::{Config, DetectorBackend};
+use crate::detect::blazeface::BlazeFace;
 use crate::detect::centerface::CenterFace;
 use crate::detect::haar::HaarCascade;
 use crate::detect::{DetectError, Detection, Detector, FaceBox, FaceDetector, Landmarks};
@@ -44,9 +45,10 @@ use ort::session::Session;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Manifest name of the default face detection model (BlazeFace).
+/// Manifest name of the BlazeFace face detection model (backend `blazeface`).
 pub const DETECTOR_MODEL: &str = "face_detector";
-/// Manifest name of the CenterFace face detection model.
+/// Manifest name of the CenterFace face detection model (backend
+/// `centerface`, the default DNN `dnn`).
 pub const CENTERFACE_MODEL: &str = "face_detector_centerface";
 
 /// Why the pipeline could not be built or could not process a frame.
@@ -265,7 +267,7 @@ pub struct Pipeline {
 
 fn needs_manifest(config: &Config) -> bool {
     let c = config.classifiers();
-    config.detector().backend == DetectorBackend::Dnn || c.gender || c.emotion || c.age
+    config.detector().backend.is_dnn() || c.gender || c.emotion || c.age
 }
 
 fn load_manifest(config: &Config) -> Result<Manifest, PipelineError> {
@@ -281,11 +283,21 @@ fn load_detector(config: &Config, manifest: Option<&Manifest>) -> Result<Detecto
         DetectorBackend::Haar => Ok(Detector::Haar(HaarCascade::load(
             &config.detector().haar_cascade,
         )?)),
-        DetectorBackend::Dnn => {
+        DetectorBackend::BlazeFace => {
+            let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
+            let (session, entry) =
+                load_session(manifest, DETECTOR_MODEL, config.intra_op_threads())?;
+            Ok(Detector::BlazeFace(Box::new(BlazeFace::new(
+                session, &entry,
+            )?)))
+        }
+        DetectorBackend::CenterFace => {
             let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
             let (session, entry) =
                 load_session(manifest, CENTERFACE_MODEL, config.intra_op_threads())?;
-            Ok(Detector::Dnn(Box::new(CenterFace::new(session, &entry)?)))
+            Ok(Detector::CenterFace(Box::new(CenterFace::new(
+                session, &entry,
+            )?)))
         }
     }
 }

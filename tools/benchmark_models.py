@@ -30,9 +30,11 @@ DETECTOR_FRAMES = ((480, 640), (256, 320))  # height, width: multiples of 32
 
 def cases(entry: dict) -> list[tuple[str, tuple[int, ...]]]:
     """(label, input shape) pairs to time for one model."""
+    _, c, h, w = entry["input"]["shape"]
+    if entry["task"] == "face_detection" and h > 0 and w > 0:  # fixed input (BlazeFace)
+        return [(f"1 x {w}x{h}", (1, c, h, w))]
     if entry["task"] == "face_detection":
         return [(f"1 x {w}x{h}", (1, 3, h, w)) for h, w in DETECTOR_FRAMES]
-    _, c, h, w = entry["input"]["shape"]
     return [(f"batch {n}", (n, c, h, w)) for n in (1, 5)]
 
 

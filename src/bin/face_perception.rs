@@ -59,8 +59,14 @@ struct AnalyzeArgs {
     /// Write annotated images (and videos) into this folder.
     #[arg(long, value_name = "DIR")]
     annotated: Option<PathBuf>,
-    /// Face detector.
-    #[arg(long, value_name = "dnn|haar", default_value = "dnn")]
+    /// Face detector: dnn (the default DNN, CenterFace), centerface,
+    /// blazeface (MediaPipe BlazeFace full range: faster, fewer small faces)
+    /// or haar (OpenCV cascade).
+    #[arg(
+        long,
+        value_name = "dnn|centerface|blazeface|haar",
+        default_value = "dnn"
+    )]
     detector: String,
     /// Minimum detection score, in (0, 1].
     #[arg(long, value_name = "SCORE")]

@@ -4,13 +4,13 @@
 //!
 //! The frame is downscaled to fit [`DetectorConfig::max_side`], padded at the
 //! right and bottom to a multiple of 32 (so boxes need no letterbox offset),
-//! and decoded as `models/manifest.toml` documents for `face_detector`. The
+//! and decoded as `models/manifest.toml` documents for `face_detector_centerface`. The
 //! resize target and the input tensor are kept between frames and reallocated
 //! only when the frame size changes.
 
 use super::{
-    filter_detections, DetectError, Detection, DetectionScale, FaceBox, FaceDetector, Landmarks,
-    Normalization, Point,
+    check_interface, filter_detections, DetectError, Detection, DetectionScale, FaceBox,
+    FaceDetector, FivePointLandmarks, Landmarks, Normalization, Point,
 };
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
@@ -48,7 +48,7 @@ fn round_up(value: u32, multiple: u32) -> u32 {
 }
 
 impl CenterFace {
-    /// Wraps a session of the manifest's `face_detector` entry, checking that
+    /// Wraps a session of the manifest's `face_detector_centerface` entry, checking that
     /// the model has the input and the four outputs the entry names.
     pub fn new(session: Session, entry: &ModelEntry) -> Result<Self, DetectError> {
         let mismatch = |reason: String| DetectError::ModelMismatch {
@@ -61,24 +61,7 @@ impl CenterFace {
                 "the detector needs a 3-channel colour input".to_string(),
             ));
         }
-        if !session
-            .inputs()
-            .iter()
-            .any(|i| i.name() == entry.input.name)
-        {
-            return Err(mismatch(format!("no input named {:?}", entry.input.name)));
-        }
-        if entry.outputs.len() != OUTPUT_COUNT {
-            return Err(mismatch(format!(
-                "manifest lists {} outputs, CenterFace has {OUTPUT_COUNT}",
-                entry.outputs.len()
-            )));
-        }
-        for output in &entry.outputs {
-            if !session.outputs().iter().any(|o| o.name() == output.name) {
-                return Err(mismatch(format!("no output named {:?}", output.name)));
-            }
-        }
+        check_interface(&session, entry, OUTPUT_COUNT, "CenterFace").map_err(mismatch)?;
         let output_names = [0, 1, 2, 3].map(|i| entry.outputs[i].name.clone());
         Ok(Self {
             session,
@@ -205,7 +188,9 @@ impl CenterFace {
                     height: y2 - y1,
                 }),
                 score,
-                landmarks: Some(Landmarks::from_points(points)),
+                landmarks: Some(Landmarks::FivePoint(FivePointLandmarks::from_points(
+                    points,
+                ))),
             });
         }
         Ok(detections)

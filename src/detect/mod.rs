@@ -1,13 +1,17 @@
-//! Face detection behind one interface, [`FaceDetector`], with two backends:
-//! [`centerface::CenterFace`] (a CNN, the default) and [`haar::HaarCascade`]
-//! (OpenCV's Viola-Jones cascade, no model file needed).
+//! Face detection behind one interface, [`FaceDetector`], with three
+//! backends: [`centerface::CenterFace`] (an anchor-free CNN, the default),
+//! [`blazeface::BlazeFace`] (MediaPipe's SSD-style CNN: about half the cost,
+//! fewer small faces) and [`haar::HaarCascade`] (OpenCV's Viola-Jones cascade,
+//! no model file needed).
 //!
-//! Both share the parameters of [`DetectorConfig`]: frames whose longest side
-//! exceeds `max_side` are downscaled before detection and the boxes mapped
-//! back to frame pixels; detections below the score threshold or the minimum
-//! face size are dropped, overlapping ones suppressed (non-maximum
-//! suppression at `nms_iou`), and the `max_faces` highest-scoring kept.
+//! All share the parameters of [`DetectorConfig`]: detections below the score
+//! threshold or the minimum face size are dropped, overlapping ones suppressed
+//! (non-maximum suppression at `nms_iou`), and the `max_faces` highest-scoring
+//! kept. CenterFace and Haar downscale frames whose longest side exceeds
+//! `max_side`; BlazeFace letterboxes every frame into its fixed square input.
+//! Boxes are always in frame pixels.
 
+pub mod blazeface;
 pub mod centerface;
 pub mod haar;
 
@@ -98,7 +102,7 @@ impl FaceBox {
 /// Five facial landmarks in frame pixels, in the order CenterFace (and most
 /// five-point detectors) emit them. "Left" and "right" are as seen in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
-pub struct Landmarks {
+pub struct FivePointLandmarks {
     /// The eye nearer the image's left edge (the subject's right eye).
     pub eye_left: Point,
     /// The eye nearer the image's right edge.
@@ -111,7 +115,7 @@ pub struct Landmarks {
     pub mouth_right: Point,
 }
 
-impl Landmarks {
+impl FivePointLandmarks {
     /// The five points in order.
     pub fn points(&self) -> [Point; 5] {
         [
@@ -133,11 +137,66 @@ impl Landmarks {
             mouth_right: p[4],
         }
     }
+}
+
+/// BlazeFace's six keypoints in frame pixels, in the network's order. Sides
+/// are the subject's: for a face looking at the camera (image not mirrored)
+/// the right eye is the one nearer the image's left edge.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct BlazeFaceKeypoints {
+    /// The subject's right eye.
+    pub right_eye: Point,
+    /// The subject's left eye.
+    pub left_eye: Point,
+    /// Nose tip.
+    pub nose_tip: Point,
+    /// Centre of the mouth.
+    pub mouth_centre: Point,
+    /// The subject's right ear tragion.
+    pub right_ear_tragion: Point,
+    /// The subject's left ear tragion.
+    pub left_ear_tragion: Point,
+}
+
+impl BlazeFaceKeypoints {
+    /// Builds keypoints from six points in the network's order.
+    pub fn from_points(p: [Point; 6]) -> Self {
+        Self {
+            right_eye: p[0],
+            left_eye: p[1],
+            nose_tip: p[2],
+            mouth_centre: p[3],
+            right_ear_tragion: p[4],
+            left_ear_tragion: p[5],
+        }
+    }
+}
+
+/// Facial landmarks as a detector gives them; each detector has its own set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "scheme", rename_all = "snake_case")]
+pub enum Landmarks {
+    /// CenterFace: eyes, nose tip, mouth corners.
+    FivePoint(FivePointLandmarks),
+    /// BlazeFace: eyes, nose tip, mouth centre, ear tragions.
+    BlazeFace(BlazeFaceKeypoints),
+}
+
+impl Landmarks {
+    /// The eyes, the one nearer the image's left edge first (for an upright,
+    /// unmirrored face).
+    pub fn eyes(&self) -> (Point, Point) {
+        match self {
+            Self::FivePoint(l) => (l.eye_left, l.eye_right),
+            Self::BlazeFace(k) => (k.right_eye, k.left_eye),
+        }
+    }
 
     /// In-plane roll of the face: the angle of the eye line, in radians,
     /// positive when the right-hand eye is lower.
     pub fn roll(&self) -> f32 {
-        (self.eye_right.y - self.eye_left.y).atan2(self.eye_right.x - self.eye_left.x)
+        let (left, right) = self.eyes();
+        (right.y - left.y).atan2(right.x - left.x)
     }
 }
 
@@ -149,7 +208,7 @@ pub struct Detection {
     pub bbox: FaceBox,
     /// Detector confidence in [0, 1].
     pub score: f32,
-    /// Landmarks, when the backend gives them (CenterFace does, Haar does not).
+    /// Landmarks, when the backend gives them (the CNNs do, Haar does not).
     pub landmarks: Option<Landmarks>,
 }
 
@@ -200,10 +259,12 @@ pub trait FaceDetector {
     fn name(&self) -> &'static str;
 }
 
-/// Either backend, chosen at run time.
+/// Any backend, chosen at run time.
 pub enum Detector {
+    /// BlazeFace CNN.
+    BlazeFace(Box<blazeface::BlazeFace>),
     /// CenterFace CNN.
-    Dnn(Box<centerface::CenterFace>),
+    CenterFace(Box<centerface::CenterFace>),
     /// Haar cascade.
     Haar(haar::HaarCascade),
 }
@@ -215,14 +276,16 @@ impl FaceDetector for Detector {
         params: &DetectorConfig,
     ) -> Result<Vec<Detection>, DetectError> {
         match self {
-            Self::Dnn(d) => d.detect(frame, params),
+            Self::BlazeFace(d) => d.detect(frame, params),
+            Self::CenterFace(d) => d.detect(frame, params),
             Self::Haar(d) => d.detect(frame, params),
         }
     }
 
     fn name(&self) -> &'static str {
         match self {
-            Self::Dnn(d) => d.name(),
+            Self::BlazeFace(d) => d.name(),
+            Self::CenterFace(d) => d.name(),
             Self::Haar(d) => d.name(),
         }
     }
@@ -279,6 +342,35 @@ impl DetectionScale {
             y: p.y / self.scale_y,
         }
     }
+}
+
+/// Checks that a detector session has the manifest entry's input and its
+/// `output_count` outputs (`detector` names the backend in the message).
+pub(crate) fn check_interface(
+    session: &ort::session::Session,
+    entry: &ModelEntry,
+    output_count: usize,
+    detector: &str,
+) -> Result<(), String> {
+    if !session
+        .inputs()
+        .iter()
+        .any(|i| i.name() == entry.input.name)
+    {
+        return Err(format!("no input named {:?}", entry.input.name));
+    }
+    if entry.outputs.len() != output_count {
+        return Err(format!(
+            "manifest lists {} outputs, {detector} has {output_count}",
+            entry.outputs.len()
+        ));
+    }
+    for output in &entry.outputs {
+        if !session.outputs().iter().any(|o| o.name() == output.name) {
+            return Err(format!("no output named {:?}", output.name));
+        }
+    }
+    Ok(())
 }
 
 /// Greedy non-maximum suppression: keeps the highest-scoring detection of
@@ -460,7 +552,7 @@ mod tests {
     #[test]
     fn filter_applies_threshold_size_and_count() {
         let params = DetectorConfig {
-            backend: crate::config::DetectorBackend::Dnn,
+            backend: crate::config::DetectorBackend::BlazeFace,
             score_threshold: 0.5,
             nms_iou: 0.3,
             min_face_size: 8.0,
