@@ -25,7 +25,8 @@
 //! ```
 
 use crate::classify::{
-    AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError, FaceChip,
+    softmax_in_place, AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError,
+    FaceChip,
 };
 use crate::config::{Config, DetectorBackend};
 use crate::detect::blazeface::BlazeFace;
@@ -512,7 +513,53 @@ impl Pipeline {
         let detections = self.detect(frame)?;
         let detected = Instant::now();
 
-        let classified = self.classify(frame, &detections)?;
+        // Classifiers being explained run as their gradient graph, whose
+        // forward pass gives the class scores: one run instead of two.
+        let explain_method = request.explain.as_ref().map(|e| e.method);
+        let explained = |task: ClassifierTask| {
+            request
+                .explain
+                .as_ref()
+                .is_some_and(|e| e.tasks.contains(&task))
+        };
+        let manifest = self.manifest.as_ref();
+        let align = self.config.classifiers().align_faces;
+        let mut explained_batches = Vec::new();
+        let mut gradient_time = Duration::ZERO;
+        let mut classify_one = |task: ClassifierTask,
+                                classifier: &mut Option<Classifier>|
+         -> Result<Option<Vec<Classification>>, PipelineError> {
+            let Some(c) = classifier.as_mut() else {
+                return Ok(None);
+            };
+            match (manifest, explain_method) {
+                (Some(manifest), Some(method)) if explained(task) => {
+                    c.prepare(frame, &detections, align)?;
+                    let started = Instant::now();
+                    let batch = self
+                        .saliency
+                        .run(manifest, task, method, c.last_batch(), None)?;
+                    gradient_time += started.elapsed();
+                    let classes = batch
+                        .scores
+                        .outer_iter()
+                        .map(|scores| {
+                            let mut p = scores.to_vec();
+                            softmax_in_place(&mut p);
+                            Classification::from_probabilities(c.labels().clone(), p)
+                        })
+                        .collect();
+                    explained_batches.push((task, batch, c.last_chips().to_vec()));
+                    Ok(Some(classes))
+                }
+                _ => Ok(Some(c.classify(frame, &detections, align)?)),
+            }
+        };
+        let classified = ClassifiedFaces {
+            gender: classify_one(ClassifierTask::Gender, &mut self.gender)?,
+            emotion: classify_one(ClassifierTask::Emotion, &mut self.emotion)?,
+            age: classify_one(ClassifierTask::Age, &mut self.age)?,
+        };
         let classified_at = Instant::now();
 
         let boxes: Vec<FaceBox> = detections.iter().map(|d| d.bbox).collect();
@@ -557,26 +604,29 @@ impl Pipeline {
             .saliency
             .as_ref()
             .and_then(|s| self.saliency_inputs(s, &faces));
-        let mut saliency_images = Vec::new();
+        // Saliency images in the order the request names the classifiers;
+        // each explains the class its classifier ranked first on this frame
+        // (before smoothing).
         let saliency_start = Instant::now();
-        if let (Some(explain), Some(manifest)) = (&request.explain, self.manifest.as_ref()) {
+        let face_ids: Vec<String> = faces.iter().map(|f| f.id.clone()).collect();
+        let mut saliency_images = Vec::new();
+        if let Some(explain) = &request.explain {
             for &task in &explain.tasks {
-                let req = SaliencyRequest {
-                    task,
-                    class_index: None,
-                };
-                let Some(inputs) = self.saliency_inputs(&req, &faces) else {
+                let Some((_, batch, chips)) = explained_batches.iter().find(|(t, _, _)| *t == task)
+                else {
                     continue;
                 };
-                saliency_images.push(self.saliency.explain(
-                    manifest,
+                saliency_images.push(SaliencyStage::render(
                     frame,
-                    &inputs,
+                    task,
                     explain.method,
+                    batch.maps.view(),
+                    chips,
+                    &face_ids,
                 )?);
             }
         }
-        let saliency_time = saliency_start.elapsed();
+        let saliency_render_time = saliency_start.elapsed();
 
         let annotated = if request.annotated {
             Some(render::annotate(frame, &faces)?)
@@ -591,10 +641,10 @@ impl Pipeline {
             saliency_images,
             timings: StageTimings {
                 detect: detected - start,
-                classify: classified_at - detected,
+                classify: (classified_at - detected).saturating_sub(gradient_time),
                 track: tracked - classified_at,
-                render: (end - tracked).saturating_sub(saliency_time),
-                saliency: saliency_time,
+                render: (end - tracked).saturating_sub(saliency_render_time),
+                saliency: gradient_time + saliency_render_time,
                 total: end - start,
             },
         })

@@ -15,7 +15,8 @@ use face_perception::classify::ClassifierTask;
 use face_perception::config::{Config, RawConfig};
 use face_perception::detect::{Detection, FaceBox, Landmarks};
 use face_perception::frame::{Frame, FrameLimits};
-use face_perception::pipeline::{FrameRequest, Pipeline, PipelineError, SaliencyRequest};
+use face_perception::pipeline::{Explain, FrameRequest, Pipeline, PipelineError, SaliencyRequest};
+use face_perception::saliency::SaliencyMethod;
 use std::path::{Path, PathBuf};
 
 const PHOTOS: &str = "tests/fixtures/models/photos";
@@ -278,6 +279,14 @@ fn downscaled_detection_maps_boxes_back_to_the_frame() {
     );
 }
 
+/// Largest element-wise difference of two probability vectors.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 #[test]
 fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
     let frame = photo("group.jpg");
@@ -310,14 +319,48 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
             (&batched.age, &single.age),
         ] {
             let (b, s) = (&b.as_ref().unwrap()[i], &s.as_ref().unwrap()[0]);
-            let diff = b
-                .probabilities
-                .iter()
-                .zip(&s.probabilities)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let diff = max_abs_diff(&b.probabilities, &s.probabilities);
             // Tolerance 1e-4: batching may change the kernel's summation order.
             assert!(diff < 1e-4, "face {i}: batched and single differ by {diff}");
+        }
+    }
+}
+
+#[test]
+fn explained_classifiers_report_the_probabilities_of_the_plain_run() {
+    // With saliency requested, a classifier runs as its gradient graph and
+    // its labels come from that graph's forward scores; they must be those
+    // of the classifier itself. Tolerance 1e-4: the gradient graph is the
+    // same forward computation, fused differently by ONNX Runtime (the
+    // scores were measured to agree within 4.3e-6 on the golden inputs).
+    let frame = photo("group.jpg");
+    let raw = RawConfig {
+        detector: "centerface".into(),
+        detection_max_side: 640,
+        ..RawConfig::default()
+    };
+    let mut plain = pipeline(raw.clone());
+    let mut explaining = pipeline(raw);
+    let expected = plain.process(&frame, &FrameRequest::default()).unwrap();
+    assert_eq!(expected.faces.len(), 3);
+    for method in [SaliencyMethod::Guided, SaliencyMethod::GradCam] {
+        let request = FrameRequest {
+            explain: Some(Explain::all(method)),
+            ..FrameRequest::default()
+        };
+        let got = explaining.process(&frame, &request).unwrap();
+        assert_eq!(got.saliency_images.len(), 2, "{method}");
+        assert!(got.timings.saliency > std::time::Duration::ZERO);
+        for (e, g) in expected.faces.iter().zip(&got.faces) {
+            for (task, a, b) in [
+                ("gender", &e.gender, &g.gender),
+                ("emotion", &e.emotion, &g.emotion),
+            ] {
+                let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+                assert_eq!(a.top, b.top, "{method} {task}");
+                let diff = max_abs_diff(&a.probabilities, &b.probabilities);
+                assert!(diff < 1e-4, "{method} {task}: differs by {diff}");
+            }
         }
     }
 }

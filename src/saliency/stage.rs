@@ -10,11 +10,12 @@
 use super::render::{
     map_from_gradient, overlay_heatmaps_on_chips, ChipPlacement, GreyImage, RgbImage,
 };
-use super::{GradientModel, SaliencyError, SaliencyMethod};
-use crate::classify::ClassifierTask;
+use super::{GradientModel, SaliencyBatch, SaliencyError, SaliencyMethod};
+use crate::classify::{ClassifierTask, FaceChip};
 use crate::frame::Frame;
 use crate::manifest::Manifest;
 use crate::pipeline::SaliencyInputs;
+use ndarray::ArrayView4;
 use std::collections::HashMap;
 
 /// Saliency images of one frame for one classifier.
@@ -94,39 +95,73 @@ impl SaliencyStage {
         method: SaliencyMethod,
     ) -> Result<FrameSaliency, SaliencyError> {
         let task = inputs.request.task;
+        let classes: Vec<usize> = match inputs.request.class_index {
+            Some(c) => vec![c; inputs.face_ids.len()],
+            None => inputs.top_classes.clone(),
+        };
+        let batch = self.run(manifest, task, method, inputs.batch.view(), Some(&classes))?;
+        Self::render(
+            frame,
+            task,
+            method,
+            batch.maps.view(),
+            &inputs.chips,
+            &inputs.face_ids,
+        )
+    }
+
+    /// Runs the gradient graph of `task` on a classifier batch `[N, C, H, W]`
+    /// (`classes`: the class to explain per item, default each item's
+    /// arg-max). The result also carries the class scores of the same forward
+    /// pass, so the classifier need not run separately.
+    pub fn run(
+        &mut self,
+        manifest: &Manifest,
+        task: ClassifierTask,
+        method: SaliencyMethod,
+        batch: ArrayView4<'_, f32>,
+        classes: Option<&[usize]>,
+    ) -> Result<SaliencyBatch, SaliencyError> {
+        self.model(manifest, task, method)?.run(batch, classes)
+    }
+
+    /// The saliency images of `frame` from the maps of [`SaliencyStage::run`]
+    /// (`[N, C, H, W]` or `[N, 1, H, W]`), the chips they were computed on
+    /// and the faces' ids, all in batch order.
+    pub fn render(
+        frame: &Frame,
+        task: ClassifierTask,
+        method: SaliencyMethod,
+        maps: ArrayView4<'_, f32>,
+        chips: &[FaceChip],
+        face_ids: &[String],
+    ) -> Result<FrameSaliency, SaliencyError> {
         let rgb = RgbImage::new(
             frame.width() as usize,
             frame.height() as usize,
             frame.data().to_vec(),
         )?;
-        let mut face_maps = Vec::with_capacity(inputs.face_ids.len());
-        let overlay = if inputs.face_ids.is_empty() || inputs.batch.shape()[0] == 0 {
-            overlay_heatmaps_on_chips(&rgb, &[])?
-        } else {
-            let classes: Vec<usize> = match inputs.request.class_index {
-                Some(c) => vec![c; inputs.face_ids.len()],
-                None => inputs.top_classes.clone(),
-            };
-            let gradients = self
-                .model(manifest, task, method)?
-                .gradients(inputs.batch.view(), Some(&classes))?;
-            let maps: Vec<_> = gradients
-                .outer_iter()
-                .map(|g| map_from_gradient(g, method))
-                .collect();
-            let placements: Vec<ChipPlacement> = inputs
-                .chips
-                .iter()
-                .map(|c| ChipPlacement {
-                    chip_to_frame: c.chip_to_frame.0,
-                })
-                .collect();
-            for ((id, map), placement) in inputs.face_ids.iter().zip(&maps).zip(&placements) {
-                face_maps.push((id.clone(), map.grey_for_chip(placement)));
-            }
-            let faces: Vec<_> = placements.iter().copied().zip(maps.iter()).collect();
-            overlay_heatmaps_on_chips(&rgb, &faces)?
-        };
+        let n = face_ids.len().min(chips.len()).min(maps.shape()[0]);
+        let maps: Vec<_> = maps
+            .outer_iter()
+            .take(n)
+            .map(|g| map_from_gradient(g, method))
+            .collect();
+        let placements: Vec<ChipPlacement> = chips
+            .iter()
+            .take(n)
+            .map(|c| ChipPlacement {
+                chip_to_frame: c.chip_to_frame.0,
+            })
+            .collect();
+        let face_maps = face_ids
+            .iter()
+            .zip(&maps)
+            .zip(&placements)
+            .map(|((id, map), placement)| (id.clone(), map.grey_for_chip(placement)))
+            .collect();
+        let faces: Vec<_> = placements.iter().copied().zip(maps.iter()).collect();
+        let overlay = overlay_heatmaps_on_chips(&rgb, &faces)?;
         let overlay = Frame::from_rgb8(overlay.width as u32, overlay.height as u32, overlay.data)
             .map_err(|e| SaliencyError::ImageBuffer {
             reason: e.to_string(),
