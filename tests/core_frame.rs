@@ -155,6 +155,36 @@ fn row_padding_is_skipped() {
 }
 
 #[test]
+fn yuv422_row_padding_is_skipped() {
+    // Three layouts of the same 6 x 3 image: padding of 4 bytes per row, the
+    // last row's padding missing, and an odd padding of 3 bytes.
+    let (width, height, row_bytes) = (6u32, 3u32, 12usize);
+    let packed = noise(row_bytes * height as usize, 5);
+    for name in ["uyvy", "yuyv"] {
+        let expected = convert(&raw(width, height, name, row_bytes as u32, &packed));
+        for (padding, trim_last) in [(4usize, false), (4, true), (3, false)] {
+            let step = row_bytes + padding;
+            let mut padded: Vec<u8> = packed
+                .chunks_exact(row_bytes)
+                .flat_map(|row| {
+                    row.iter()
+                        .copied()
+                        .chain([0xAB; 4].into_iter().take(padding))
+                })
+                .collect();
+            if trim_last {
+                padded.truncate(padded.len() - padding);
+            }
+            let frame = convert(&raw(width, height, name, step as u32, &padded));
+            assert_eq!(
+                frame, expected,
+                "{name}, padding {padding}, trimmed {trim_last}"
+            );
+        }
+    }
+}
+
+#[test]
 fn assign_reuses_the_frame_and_leaves_it_unchanged_on_error() {
     let mut frame = Frame::empty();
     let data = [1, 2, 3, 4, 5, 6];
