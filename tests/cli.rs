@@ -217,3 +217,195 @@ fn saliency_images_for_each_classifier_and_face() {
     ]);
     assert!(!refused.status.success());
 }
+
+/// Frames of the generated test video.
+const VIDEO_FRAMES: usize = 8;
+/// Pixels the face moves right and down per frame.
+const VIDEO_SHIFT: i32 = 4;
+/// Frame rate written into the test video.
+const VIDEO_FPS: f64 = 10.0;
+
+/// Where the photo starts in the test video (left and top, pixels).
+const VIDEO_START: i32 = 40;
+
+/// Writes an MJPG AVI of [`VIDEO_FRAMES`] 640x480 frames: the astronaut photo
+/// (320 px) on a grey canvas, from `start` right and down, moved by
+/// [`VIDEO_SHIFT`] pixels each frame.
+fn write_moving_face_video(path: &Path, start: i32) {
+    use opencv::core::{Mat, Rect, Scalar, Size, CV_8UC3};
+    use opencv::prelude::*;
+    use opencv::videoio::VideoWriter;
+    let photo = opencv::imgcodecs::imread(
+        photo("astronaut.jpg").to_str().unwrap(),
+        opencv::imgcodecs::IMREAD_COLOR,
+    )
+    .unwrap();
+    let mut small = Mat::default();
+    opencv::imgproc::resize(
+        &photo,
+        &mut small,
+        Size::new(320, 320),
+        0.0,
+        0.0,
+        opencv::imgproc::INTER_AREA,
+    )
+    .unwrap();
+    let size = Size::new(640, 480);
+    let fourcc = VideoWriter::fourcc('M', 'J', 'P', 'G').unwrap();
+    let mut writer =
+        VideoWriter::new(path.to_str().unwrap(), fourcc, VIDEO_FPS, size, true).unwrap();
+    assert!(
+        writer.is_opened().unwrap(),
+        "OpenCV cannot write MJPG AVI here"
+    );
+    for k in 0..VIDEO_FRAMES as i32 {
+        let mut canvas = Mat::new_size_with_default(size, CV_8UC3, Scalar::all(90.0)).unwrap();
+        let offset = start + VIDEO_SHIFT * k;
+        let mut target = canvas.roi_mut(Rect::new(offset, offset, 320, 320)).unwrap();
+        small.copy_to(&mut target).unwrap();
+        writer.write(&canvas).unwrap();
+    }
+    writer.release().unwrap();
+}
+
+#[test]
+fn a_video_gives_one_line_per_frame_with_one_tracked_face() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("moving.avi");
+    write_moving_face_video(&video, VIDEO_START);
+    let out = dir.path().join("annotated");
+    let saliency = dir.path().join("saliency");
+    let started = std::time::Instant::now();
+    let output = analyze(&[
+        Path::new("--annotated"),
+        &out,
+        Path::new("--saliency"),
+        &saliency,
+        Path::new("--saliency-method"),
+        Path::new("gradcam"),
+        &video,
+    ]);
+    eprintln!("analyze on {VIDEO_FRAMES} frames: {:?}", started.elapsed());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), VIDEO_FRAMES, "one line per frame");
+    let mut ids = Vec::new();
+    let mut lefts = Vec::new();
+    for (k, line) in lines.iter().enumerate() {
+        assert!(line["image"].as_str().unwrap().ends_with("moving.avi"));
+        assert_eq!(line["frame"].as_u64(), Some(k as u64), "{line}");
+        let time = line["time_s"].as_f64().unwrap();
+        assert!(
+            (time - k as f64 / VIDEO_FPS).abs() < 1e-3,
+            "frame {k} at {time} s"
+        );
+        assert_eq!(
+            (line["width"].as_u64(), line["height"].as_u64()),
+            (Some(640), Some(480))
+        );
+        let faces = line["faces"].as_array().unwrap();
+        assert_eq!(faces.len(), 1, "frame {k}: {line}");
+        assert_eq!(faces[0]["gender"]["label"], "female", "frame {k}");
+        assert_eq!(faces[0]["emotion"]["label"], "happy", "frame {k}");
+        ids.push(faces[0]["id"].as_str().unwrap().to_string());
+        lefts.push(faces[0]["box"][0].as_f64().unwrap());
+    }
+    assert!(ids.iter().all(|id| id == &ids[0]), "one track: {ids:?}");
+    // The face really moves: the box follows the shift (within 3 pixels).
+    let moved = lefts[VIDEO_FRAMES - 1] - lefts[0];
+    let expected = f64::from(VIDEO_SHIFT) * (VIDEO_FRAMES - 1) as f64;
+    assert!(
+        (moved - expected).abs() < 3.0,
+        "moved {moved}, expected {expected}"
+    );
+    // --annotated writes the annotated video, one frame per analysed frame.
+    let annotated = out.join("moving_annotated.avi");
+    let mut capture = opencv::videoio::VideoCapture::from_file(
+        annotated.to_str().unwrap(),
+        opencv::videoio::CAP_ANY,
+    )
+    .unwrap();
+    let mut frame = opencv::core::Mat::default();
+    let mut count = 0;
+    while opencv::prelude::VideoCaptureTrait::read(&mut capture, &mut frame).unwrap() {
+        count += 1;
+    }
+    assert_eq!(count, VIDEO_FRAMES, "{}", annotated.display());
+    // --saliency writes each frame's images, named with its index.
+    for k in [0, VIDEO_FRAMES - 1] {
+        for task in ["emotion", "gender"] {
+            let overlay = saliency.join(format!("moving_{k:06}_saliency_{task}.png"));
+            assert_eq!(image::open(&overlay).unwrap().width(), 640);
+            let face = format!("moving_{k:06}_saliency_{task}_face{}.png", ids[0]);
+            assert!(saliency.join(&face).is_file(), "{face}");
+        }
+    }
+}
+
+#[test]
+fn a_second_video_starts_a_fresh_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.avi");
+    write_moving_face_video(&first, VIDEO_START);
+    // The second video starts where the first ends.
+    let second = dir.path().join("second.avi");
+    let last = VIDEO_START + VIDEO_SHIFT * (VIDEO_FRAMES as i32 - 1);
+    write_moving_face_video(&second, last);
+    let output = analyze(&[&first, &second]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 2 * VIDEO_FRAMES);
+    let id = |line: &Value| line["faces"][0]["id"].as_str().unwrap().to_string();
+    let (first_ids, second_ids) = lines.split_at(VIDEO_FRAMES);
+    assert_eq!(second_ids[0]["frame"].as_u64(), Some(0));
+    assert!(second_ids.iter().all(|line| id(line) == id(&second_ids[0])));
+    // The second video's first face is where the first video's last one
+    // was: one tracker across both videos would have continued its track.
+    assert_ne!(
+        id(&second_ids[0]),
+        id(&first_ids[VIDEO_FRAMES - 1]),
+        "a new track for a new video"
+    );
+}
+
+#[test]
+fn a_corrupt_video_is_reported_and_the_others_still_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.avi");
+    std::fs::write(&broken, b"RIFF\x10\x00\x00\x00AVI LIST not really a video").unwrap();
+    let junk = dir.path().join("notes.xyz");
+    std::fs::write(&junk, b"neither an image nor a video").unwrap();
+    // A video with an extension the CLI does not know is found by probing.
+    let unnamed = dir.path().join("recording.clip");
+    let written = dir.path().join("recording.avi");
+    write_moving_face_video(&written, VIDEO_START);
+    std::fs::rename(&written, &unnamed).unwrap();
+    let output = analyze(&[&broken, &junk, &unnamed, &photo("astronaut.jpg")]);
+    assert!(!output.status.success(), "exit code must be non-zero");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("broken.avi") && stderr.contains("notes.xyz"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("recording.clip"), "{stderr}");
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), VIDEO_FRAMES + 1, "{lines:?}");
+    for (k, line) in lines[..VIDEO_FRAMES].iter().enumerate() {
+        assert!(line["image"].as_str().unwrap().ends_with("recording.clip"));
+        assert_eq!(line["frame"].as_u64(), Some(k as u64));
+    }
+    let photo_line = &lines[VIDEO_FRAMES];
+    assert!(photo_line["image"]
+        .as_str()
+        .unwrap()
+        .ends_with("astronaut.jpg"));
+    assert!(photo_line.get("frame").is_none() && photo_line.get("time_s").is_none());
+}

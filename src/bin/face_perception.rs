@@ -12,6 +12,12 @@ use face_perception::frame::{Frame, FrameError, FrameLimits};
 use face_perception::pipeline::{Explain, FaceResult, FrameRequest, FrameResult, Pipeline};
 use face_perception::saliency::SaliencyMethod;
 use indicatif::{ProgressBar, ProgressStyle};
+use opencv::core::Mat;
+use opencv::prelude::*;
+use opencv::videoio::{
+    VideoCapture, VideoWriter, CAP_FFMPEG, CAP_GSTREAMER, CAP_OPENCV_MJPEG, CAP_PROP_FPS,
+    CAP_PROP_POS_MSEC,
+};
 use serde::ser::SerializeMap;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -23,7 +29,8 @@ use std::process::ExitCode;
 const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "pgm", "ppm", "pnm",
 ];
-/// Video file extensions (lower case).
+/// Video file extensions (lower case). A file named on the command line
+/// with another extension that is no readable image is tried as a video too.
 const VIDEO_EXTENSIONS: &[&str] = &["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpg", "mpeg"];
 /// Show a progress bar from this many inputs on.
 const PROGRESS_MIN_INPUTS: usize = 5;
@@ -33,6 +40,10 @@ const PROBABILITY_DECIMALS: i32 = 4;
 const BOX_DECIMALS: i32 = 1;
 /// Decimal places of timings in milliseconds.
 const TIMING_DECIMALS: i32 = 3;
+/// Decimal places of a video frame's time in seconds.
+const TIME_DECIMALS: i32 = 4;
+/// Frame rate of the annotated video when the input's is unknown.
+const DEFAULT_VIDEO_FPS: f64 = 25.0;
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +58,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Analyse images, folders of images and videos; one JSON object per image (JSON Lines) on stdout.
+    /// Analyse images, folders of images and videos; one JSON object per image or video frame (JSON Lines) on stdout.
     Analyze(AnalyzeArgs),
 }
 
@@ -56,7 +67,8 @@ struct AnalyzeArgs {
     /// Image files, folders (their images, recursively) or video files.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
-    /// Write annotated images (and videos) into this folder.
+    /// Write annotated images into this folder (`<name>_annotated.png`; for a
+    /// video, an MJPG video of its analysed frames, `<name>_annotated.avi`).
     #[arg(long, value_name = "DIR")]
     annotated: Option<PathBuf>,
     /// Face detector: dnn (the default DNN, CenterFace), centerface,
@@ -98,10 +110,11 @@ struct AnalyzeArgs {
     /// Further settings from a TOML file (fields of RawConfig); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Write guided-backprop saliency images into this folder (images only):
-    /// per classifier, the frame with heat maps over the faces
+    /// Write guided-backprop saliency images into this folder: per
+    /// classifier, the frame with heat maps over the faces
     /// (`<name>_saliency_<classifier>.png`) and each face's map
-    /// (`<name>_saliency_<classifier>_face<id>.png`).
+    /// (`<name>_saliency_<classifier>_face<id>.png`); for a video, per
+    /// analysed frame, `<name>` being `<video name>_<frame, 6 digits>`.
     #[arg(long, value_name = "DIR")]
     saliency: Option<PathBuf>,
     /// Saliency method.
@@ -165,8 +178,12 @@ fn raw_config(args: &AnalyzeArgs) -> Result<RawConfig> {
 
 /// One unit of work.
 enum Input {
+    /// A file with an image extension.
     Image(PathBuf),
+    /// A file with a video extension.
     Video(PathBuf),
+    /// A file named on the command line with neither: an image, else a video.
+    Named(PathBuf),
 }
 
 fn extension_of(path: &Path) -> String {
@@ -192,11 +209,16 @@ fn expand_inputs(paths: &[PathBuf], errors: &mut Vec<String>) -> Vec<Input> {
                     inputs.push(Input::Video(file));
                 }
             }
-        } else if VIDEO_EXTENSIONS.contains(&extension_of(path).as_str()) {
-            inputs.push(Input::Video(path.clone()));
         } else {
-            // Anything else is tried as an image; failures are reported per input.
-            inputs.push(Input::Image(path.clone()));
+            // Failures (missing, unreadable) are reported per input.
+            let ext = extension_of(path);
+            inputs.push(if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+                Input::Image(path.clone())
+            } else if VIDEO_EXTENSIONS.contains(&ext.as_str()) {
+                Input::Video(path.clone())
+            } else {
+                Input::Named(path.clone())
+            });
         }
     }
     inputs
@@ -234,8 +256,7 @@ fn read_image(path: &Path, limits: &FrameLimits) -> Result<Frame> {
 }
 
 fn decode_with_opencv(bytes: &[u8], limits: &FrameLimits) -> Result<Frame> {
-    use opencv::core::{Mat, Vector};
-    use opencv::prelude::*;
+    use opencv::core::Vector;
     let buffer: Vector<u8> = Vector::from_slice(bytes);
     let bgr = opencv::imgcodecs::imdecode(&buffer, opencv::imgcodecs::IMREAD_COLOR)?;
     if bgr.empty() {
@@ -250,7 +271,12 @@ fn frame_from_bgr_mat(
     contiguous: &mut opencv::core::Mat,
 ) -> Result<Frame> {
     use face_perception::frame::RawImage;
-    use opencv::prelude::*;
+    if bgr.typ() != opencv::core::CV_8UC3 {
+        bail!(
+            "expected 8-bit BGR pixels from OpenCV, got type {}",
+            bgr.typ()
+        );
+    }
     let mat = if bgr.is_continuous() {
         bgr
     } else {
@@ -354,8 +380,12 @@ struct TimingsRecord {
 #[derive(Serialize)]
 struct ImageRecord<'a> {
     image: &'a str,
+    /// Video frames: the frame's index in the video, from 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     frame: Option<u64>,
+    /// Video frames: the frame's time in the video, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_s: Option<f64>,
     width: u32,
     height: u32,
     faces: Vec<FaceRecord<'a>>,
@@ -375,6 +405,7 @@ fn image_record<'a>(
     ImageRecord {
         image,
         frame: frame_index,
+        time_s: None,
         width: frame.width(),
         height: frame.height(),
         faces: result.faces.iter().map(FaceRecord::new).collect(),
@@ -386,18 +417,23 @@ fn image_record<'a>(
     }
 }
 
-/// Chooses an output file name in `dir` not used before in this run.
+/// The file stem of an input, used to name its output files.
+fn stem_of(input: &Path) -> String {
+    input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into())
+}
+
+/// Chooses an output file name `<stem>_<kind>.<suffix>` in `dir` not used
+/// before in this run.
 fn output_path(
     dir: &Path,
-    input: &Path,
+    stem: &str,
     kind: &str,
     suffix: &str,
     used: &mut HashSet<PathBuf>,
 ) -> PathBuf {
-    let stem = input
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("image");
     let mut candidate = dir.join(format!("{stem}_{kind}.{suffix}"));
     let mut n = 1;
     while used.contains(&candidate) {
@@ -439,117 +475,231 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn image(&mut self, path: &Path) -> Result<()> {
-        if self.pipeline.config() != &self.image_config {
-            self.pipeline.reconfigure(&self.image_config)?;
-        }
-        let frame = read_image(path, self.image_config.frame_limits())?;
-        let request = FrameRequest {
+    fn request(&self) -> FrameRequest {
+        FrameRequest {
             annotated: self.annotated_dir.is_some(),
             explain: self
                 .saliency_dir
                 .map(|_| Explain::all(self.saliency_method)),
             ..Default::default()
-        };
-        let result = self.pipeline.process(&frame, &request)?;
-        let name = path.to_string_lossy();
-        self.emit(&image_record(&name, None, &frame, &result))?;
-        if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
-            let out = output_path(dir, path, "annotated", "png", &mut self.used_names);
-            write_png(&out, annotated)?;
         }
-        if let Some(dir) = self.saliency_dir {
-            for explained in &result.saliency_images {
-                let task = explained.task.model_name();
-                let out = output_path(
-                    dir,
-                    path,
-                    &format!("saliency_{task}"),
-                    "png",
-                    &mut self.used_names,
-                );
-                write_png(&out, &explained.overlay)?;
-                for (id, map) in &explained.face_maps {
-                    let kind = format!("saliency_{task}_face{id}");
-                    let out = output_path(dir, path, &kind, "png", &mut self.used_names);
-                    image::save_buffer(
-                        &out,
-                        &map.data,
-                        map.width as u32,
-                        map.height as u32,
-                        image::ExtendedColorType::L8,
-                    )
-                    .with_context(|| format!("cannot write {}", out.display()))?;
-                }
+    }
+
+    /// Writes the saliency images of one result, named after `stem`.
+    fn write_saliency(&mut self, stem: &str, result: &FrameResult) -> Result<()> {
+        let Some(dir) = self.saliency_dir else {
+            return Ok(());
+        };
+        for explained in &result.saliency_images {
+            let task = explained.task.model_name();
+            let kind = format!("saliency_{task}");
+            let out = output_path(dir, stem, &kind, "png", &mut self.used_names);
+            write_png(&out, &explained.overlay)?;
+            for (id, map) in &explained.face_maps {
+                let kind = format!("saliency_{task}_face{id}");
+                let out = output_path(dir, stem, &kind, "png", &mut self.used_names);
+                image::save_buffer(
+                    &out,
+                    &map.data,
+                    map.width as u32,
+                    map.height as u32,
+                    image::ExtendedColorType::L8,
+                )
+                .with_context(|| format!("cannot write {}", out.display()))?;
             }
         }
         Ok(())
     }
 
-    fn video(&mut self, path: &Path) -> Result<()> {
-        use opencv::prelude::*;
-        use opencv::videoio::{VideoCapture, VideoWriter, CAP_ANY, CAP_PROP_FPS};
+    fn image(&mut self, path: &Path) -> Result<()> {
+        let frame = read_image(path, self.image_config.frame_limits())?;
+        self.analyze_image(path, &frame)
+    }
+
+    fn analyze_image(&mut self, path: &Path, frame: &Frame) -> Result<()> {
+        if self.pipeline.config() != &self.image_config {
+            self.pipeline.reconfigure(&self.image_config)?;
+        }
+        let result = self.pipeline.process(frame, &self.request())?;
+        let name = path.to_string_lossy();
+        self.emit(&image_record(&name, None, frame, &result))?;
+        let stem = stem_of(path);
+        if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
+            let out = output_path(dir, &stem, "annotated", "png", &mut self.used_names);
+            write_png(&out, annotated)?;
+        }
+        self.write_saliency(&stem, &result)
+    }
+
+    /// An input given by name that is not a readable image: analysed as a
+    /// video when OpenCV can read frames from it, else the image error.
+    fn image_or_video(&mut self, path: &Path) -> Result<()> {
+        let image_error = match read_image(path, self.image_config.frame_limits()) {
+            Ok(frame) => return self.analyze_image(path, &frame),
+            Err(e) => e,
+        };
+        match open_video(path) {
+            Ok(Some(capture)) => self.video(path, capture),
+            _ => bail!("neither a readable image ({image_error:#}) nor a video OpenCV can read"),
+        }
+    }
+
+    /// Analyses every frame (or every `--every`th) of a video with tracking:
+    /// ids persist across its frames, and each video starts a fresh tracker.
+    fn video(&mut self, path: &Path, mut capture: VideoCapture) -> Result<()> {
         if self.pipeline.config() != &self.video_config {
             self.pipeline.reconfigure(&self.video_config)?;
         }
         self.pipeline.reset_tracks();
         let name = path.to_string_lossy().into_owned();
-        let mut capture = VideoCapture::from_file(&name, CAP_ANY)?;
-        if !capture.is_opened()? {
-            bail!("{name}: OpenCV cannot open this video");
-        }
-        let fps = capture.get(CAP_PROP_FPS).unwrap_or(25.0).max(1.0);
-        let mut writer: Option<VideoWriter> = None;
-        let mut bgr = opencv::core::Mat::default();
-        let mut contiguous = opencv::core::Mat::default();
-        let request = FrameRequest {
-            annotated: self.annotated_dir.is_some(),
-            ..Default::default()
-        };
+        let stem = stem_of(path);
+        let mut clock = FrameClock::new(&capture);
+        let mut annotated_video: Option<AnnotatedVideo> = None;
+        let mut bgr = Mat::default();
+        let mut contiguous = Mat::default();
+        let request = self.request();
+        let every = self.every.max(1);
         let mut index = 0u64;
         while capture.read(&mut bgr)? && !bgr.empty() {
             let this = index;
             index += 1;
-            if !this.is_multiple_of(self.every.max(1)) {
+            let time_s = clock.time_s(this, capture.get(CAP_PROP_POS_MSEC).ok());
+            if !this.is_multiple_of(every) {
                 continue;
             }
-            let frame =
-                frame_from_bgr_mat(&bgr, self.video_config.frame_limits(), &mut contiguous)?;
-            let result = self.pipeline.process(&frame, &request)?;
-            self.emit(&image_record(&name, Some(this), &frame, &result))?;
+            let frame = frame_from_bgr_mat(&bgr, self.video_config.frame_limits(), &mut contiguous)
+                .with_context(|| format!("frame {this}"))?;
+            let result = self
+                .pipeline
+                .process(&frame, &request)
+                .with_context(|| format!("frame {this}"))?;
+            let mut record = image_record(&name, Some(this), &frame, &result);
+            record.time_s = time_s.map(|t| round_to(t, TIME_DECIMALS));
+            self.emit(&record)?;
             if let (Some(dir), Some(annotated)) = (self.annotated_dir, &result.annotated) {
-                if writer.is_none() {
-                    let out = output_path(dir, path, "annotated", "avi", &mut self.used_names);
-                    let fourcc = VideoWriter::fourcc('M', 'J', 'P', 'G')?;
-                    let size = opencv::core::Size::new(
-                        annotated.width() as i32,
-                        annotated.height() as i32,
-                    );
-                    let w = VideoWriter::new(&out, fourcc, fps / self.every as f64, size, true)?;
-                    if !w.is_opened()? {
-                        bail!("cannot write video {}", out.display());
-                    }
-                    writer = Some(w);
+                if annotated_video.is_none() {
+                    let out = output_path(dir, &stem, "annotated", "avi", &mut self.used_names);
+                    let rate = if clock.fps > 0.0 {
+                        clock.fps
+                    } else {
+                        DEFAULT_VIDEO_FPS
+                    };
+                    annotated_video = Some(AnnotatedVideo::create(
+                        &out,
+                        rate / every as f64,
+                        annotated,
+                    )?);
                 }
-                if let Some(w) = writer.as_mut() {
-                    let rgb = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
-                        annotated.height() as i32,
-                        annotated.width() as i32,
-                        annotated.data(),
-                    )?;
-                    let mut out_bgr = opencv::core::Mat::default();
-                    opencv::imgproc::cvt_color_def(
-                        &rgb,
-                        &mut out_bgr,
-                        opencv::imgproc::COLOR_RGB2BGR,
-                    )?;
-                    w.write(&out_bgr)?;
+                if let Some(video) = annotated_video.as_mut() {
+                    video.write(annotated)?;
                 }
             }
+            self.write_saliency(&format!("{stem}_{this:06}"), &result)?;
         }
         if index == 0 {
-            bail!("{name}: no frames could be read");
+            bail!("no frame could be decoded (corrupt or unsupported video)");
         }
+        Ok(())
+    }
+}
+
+/// Opens a video with FFmpeg, else OpenCV's own MJPEG-in-AVI reader (else
+/// GStreamer, when this OpenCV has no FFmpeg); `None` when none can read it.
+/// GStreamer comes last because it reports a file it cannot play with
+/// screens of GStreamer-CRITICAL messages.
+fn open_video(path: &Path) -> Result<Option<VideoCapture>> {
+    if !path.is_file() {
+        bail!("no such file");
+    }
+    let name = path.to_str().context("the path is not valid UTF-8")?;
+    let mut backends = vec![CAP_FFMPEG, CAP_OPENCV_MJPEG];
+    if !opencv::videoio::has_backend(opencv::videoio::VideoCaptureAPIs::CAP_FFMPEG)? {
+        backends.push(CAP_GSTREAMER);
+    }
+    // A backend that fails logs why: noise next to the one message given
+    // for the input.
+    let log_level = opencv::core::set_log_level(opencv::core::LogLevel::LOG_LEVEL_SILENT)?;
+    let mut opened = None;
+    for backend in backends {
+        match VideoCapture::from_file(name, backend) {
+            Ok(capture) if capture.is_opened().unwrap_or(false) => {
+                opened = Some(capture);
+                break;
+            }
+            _ => {}
+        }
+    }
+    opencv::core::set_log_level(log_level)?;
+    Ok(opened)
+}
+
+/// The time of each frame: the FFmpeg backend's timestamp (right for
+/// variable frame rates too) while it keeps increasing, else the frame index
+/// over the frame rate, else unknown. OpenCV's own MJPEG reader reports the
+/// time after the frame, hence only FFmpeg's is used.
+struct FrameClock {
+    fps: f64,
+    last_ms: Option<f64>,
+    backend_times: bool,
+}
+
+impl FrameClock {
+    fn new(capture: &VideoCapture) -> Self {
+        Self {
+            fps: capture.get(CAP_PROP_FPS).unwrap_or(0.0),
+            last_ms: None,
+            backend_times: capture.get_backend_name().is_ok_and(|b| b == "FFMPEG"),
+        }
+    }
+
+    fn time_s(&mut self, index: u64, position_ms: Option<f64>) -> Option<f64> {
+        if self.backend_times {
+            match position_ms {
+                Some(ms) if ms.is_finite() && ms >= 0.0 && self.last_ms.is_none_or(|l| ms > l) => {
+                    self.last_ms = Some(ms);
+                    return Some(ms / 1000.0);
+                }
+                // Not reported, or not increasing: do not trust it for this video.
+                _ => self.backend_times = false,
+            }
+        }
+        (self.fps > 0.0 && self.fps.is_finite()).then(|| index as f64 / self.fps)
+    }
+}
+
+/// The annotated frames of one video, written as MJPG in AVI (OpenCV's own
+/// encoder, no FFmpeg needed).
+struct AnnotatedVideo {
+    writer: VideoWriter,
+    bgr: Mat,
+}
+
+impl AnnotatedVideo {
+    fn create(path: &Path, fps: f64, first: &Frame) -> Result<Self> {
+        let name = path.to_str().context("the path is not valid UTF-8")?;
+        let fourcc = VideoWriter::fourcc('M', 'J', 'P', 'G')?;
+        let size = opencv::core::Size::new(
+            i32::try_from(first.width())?,
+            i32::try_from(first.height())?,
+        );
+        let writer = VideoWriter::new(name, fourcc, fps, size, true)?;
+        if !writer.is_opened()? {
+            bail!("cannot write video {}", path.display());
+        }
+        Ok(Self {
+            writer,
+            bgr: Mat::default(),
+        })
+    }
+
+    fn write(&mut self, frame: &Frame) -> Result<()> {
+        let rgb = Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
+            i32::try_from(frame.height())?,
+            i32::try_from(frame.width())?,
+            frame.data(),
+        )?;
+        opencv::imgproc::cvt_color_def(&rgb, &mut self.bgr, opencv::imgproc::COLOR_RGB2BGR)?;
+        self.writer.write(&self.bgr)?;
         Ok(())
     }
 }
@@ -604,7 +754,14 @@ fn analyze(args: &AnalyzeArgs) -> Result<bool> {
     for input in &inputs {
         let (path, outcome) = match input {
             Input::Image(path) => (path, run.image(path)),
-            Input::Video(path) => (path, run.video(path)),
+            Input::Named(path) => (path, run.image_or_video(path)),
+            Input::Video(path) => (
+                path,
+                open_video(path).and_then(|capture| match capture {
+                    Some(capture) => run.video(path, capture),
+                    None => bail!("not a video OpenCV can read (corrupt or unsupported)"),
+                }),
+            ),
         };
         if let Err(e) = outcome {
             progress.suspend(|| eprintln!("face_perception: {}: {e:#}", path.display()));
