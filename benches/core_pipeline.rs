@@ -4,9 +4,10 @@
 //! faces.
 //!
 //! Criterion measures each stage; a summary at the end prints, per frame
-//! size, face count and intra-op thread count, the median of every pipeline
-//! stage over [`SUMMARY_FRAMES`] frames, so a missed target shows where the
-//! time goes. Run: `cargo bench --no-default-features --bench core_pipeline`.
+//! size, face count, intra-op thread count and precision (fp32, int8), the
+//! median of every pipeline stage over [`SUMMARY_FRAMES`] frames, so a
+//! missed target shows where the time goes.
+//! Run: `cargo bench --no-default-features --bench core_pipeline`.
 
 use criterion::{black_box, BenchmarkId, Criterion};
 use face_perception::classify::{Classifier, ClassifierTask};
@@ -48,6 +49,16 @@ fn config(threads: i64, detector: &str) -> Config {
 
 fn pipeline(threads: i64, detector: &str) -> Pipeline {
     Pipeline::new(&config(threads, detector)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The default detector at `precision` ("fp32" or "int8").
+fn pipeline_at(threads: i64, precision: &str) -> Pipeline {
+    let raw = RawConfig {
+        precision: precision.to_string(),
+        ..config(threads, "dnn").to_raw()
+    };
+    let config = Config::from_raw(raw).unwrap_or_else(|e| panic!("{e}"));
+    Pipeline::new(&config).unwrap_or_else(|e| panic!("{e}"))
 }
 
 const SIZES: [(u32, u32); 2] = [(640, 480), (1920, 1080)];
@@ -176,6 +187,28 @@ fn bench_stages(c: &mut Criterion) {
             );
         }
     }
+    // precision int8: int8 CenterFace and gender, fp32 emotion.
+    let mut p = pipeline_at(1, "int8");
+    for (w, h) in SIZES {
+        let f = frame(w, h, 5);
+        group.bench_function(
+            BenchmarkId::new("detect_dnn_int8_t1", format!("{w}x{h}")),
+            |b| b.iter(|| p.detect(black_box(&f)).unwrap()),
+        );
+    }
+    let f = frame(640, 480, 5);
+    let faces = p.detect(&f).unwrap();
+    let id = format!("640x480_{}faces", faces.len());
+    group.bench_function(
+        BenchmarkId::new("classify_gender_emotion_int8_t1", &id),
+        |b| b.iter(|| p.classify(black_box(&f), &faces).unwrap()),
+    );
+    let (session, entry) = load_session(&manifest, "gender_int8", 1).unwrap();
+    let mut gender = Classifier::new(ClassifierTask::Gender, session, &entry, faces.len()).unwrap();
+    gender.prepare(&f, &faces, true).unwrap();
+    group.bench_function(BenchmarkId::new("run_gender_int8", &id), |b| {
+        b.iter(|| gender.run().unwrap())
+    });
     let mut haar = pipeline(1, "haar");
     let f = frame(640, 480, 5);
     group.bench_function(BenchmarkId::new("detect_haar", "640x480"), |b| {
@@ -217,11 +250,11 @@ fn median(values: &mut [Duration]) -> f64 {
 fn stage_summary() {
     println!("\nMedians over {SUMMARY_FRAMES} frames (ms): total = detect + classify + track (+ overhead)");
     println!(
-        "{:<28} {:>6} {:>8} {:>9} {:>7} {:>8}",
+        "{:<34} {:>6} {:>8} {:>9} {:>7} {:>8}",
         "case", "faces", "detect", "classify", "track", "total"
     );
-    for threads in [1, 2] {
-        let mut p = pipeline(threads, "dnn");
+    for (threads, precision) in [(1, "fp32"), (2, "fp32"), (1, "int8"), (2, "int8")] {
+        let mut p = pipeline_at(threads, precision);
         for (w, h) in SIZES {
             for faces in [1, 2, 5] {
                 let f = frame(w, h, faces);
@@ -240,8 +273,8 @@ fn stage_summary() {
                     total.push(r.timings.total);
                 }
                 println!(
-                    "{:<28} {:>6} {:>8.3} {:>9.3} {:>7.3} {:>8.3}",
-                    format!("{w}x{h} {faces} faces, {threads} thread(s)"),
+                    "{:<34} {:>6} {:>8.3} {:>9.3} {:>7.3} {:>8.3}",
+                    format!("{w}x{h} {faces} faces, {threads} thread(s) {precision}"),
                     found,
                     median(&mut detect),
                     median(&mut classify),

@@ -7,16 +7,19 @@ by side; 5 faces: a 3 x 2 grid of astronaut, Grace Hopper, both mirrored and a
 closer crop of the astronaut (the sixth cell is left grey; the cameraman is not
 used: half hidden by his camera, he is not reliably found at small sizes).
 Needs numpy and Pillow.
-Run from the repository root: python3 benches/make_bench_frames.py
+Run: python3 benches/make_bench_frames.py [OUT_DIR] (default
+tests/fixtures/core; tools/regenerate_models.sh writes them elsewhere to
+calibrate the int8 models).
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-PHOTOS = Path("tests/fixtures/models/photos")
-OUT = Path("tests/fixtures/core")
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = REPO / "tests" / "fixtures" / "models" / "photos"
 BACKGROUND = (118, 118, 118)
 SIZES = [(640, 480), (1920, 1080)]
 JPEG_QUALITY = 92
@@ -41,7 +44,8 @@ def grid(cells: list, columns: int, rows: int, width: int, height: int) -> Image
 
 
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "tests" / "fixtures" / "core"
+    out.mkdir(parents=True, exist_ok=True)
     load = lambda name: Image.open(PHOTOS / name).convert("RGB")
     astronaut, hopper = load("astronaut.jpg"), load("grace_hopper.jpg")
     closer = astronaut.crop(ASTRONAUT_HEAD)
@@ -53,7 +57,7 @@ def main() -> None:
             5: grid(five, 3, 2, width, height),
         }
         for faces, image in frames.items():
-            path = OUT / f"frame_{width}x{height}_{faces}faces.jpg"
+            path = out / f"frame_{width}x{height}_{faces}faces.jpg"
             image.save(path, quality=JPEG_QUALITY)
             print(path, np.asarray(image).shape)
 

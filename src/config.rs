@@ -92,6 +92,40 @@ impl std::fmt::Display for DetectorBackend {
     }
 }
 
+/// Numeric precision of the models that have an int8 variant in the manifest
+/// (CenterFace and gender); the others always run in fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// The float models as published.
+    #[default]
+    Fp32,
+    /// Statically quantised (QDQ) variants, `<name>_int8` in the manifest:
+    /// faster on CPUs with int8 dot-product instructions, slightly different
+    /// numbers (models/README.md).
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fp32" => Ok(Self::Fp32),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!("expected \"fp32\" or \"int8\", got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fp32 => "fp32",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
 /// Temporal smoothing of class probabilities per track.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Smoothing {
@@ -149,6 +183,9 @@ pub struct RawConfig {
     pub intra_op_threads: i64,
     /// Largest accepted frame, in pixels.
     pub max_frame_pixels: i64,
+    /// `"fp32"` (default) or `"int8"`: int8 loads the manifest's `<name>_int8`
+    /// variant of each model that has one (CenterFace, gender).
+    pub precision: String,
 }
 
 impl Default for RawConfig {
@@ -173,6 +210,7 @@ impl Default for RawConfig {
             haar_cascade: String::new(),
             intra_op_threads: DEFAULT_INTRA_OP_THREADS,
             max_frame_pixels: DEFAULT_MAX_PIXELS as i64,
+            precision: Precision::default().to_string(),
         }
     }
 }
@@ -250,6 +288,7 @@ pub struct Config {
     tracker: TrackerConfig,
     models_dir: Option<PathBuf>,
     intra_op_threads: usize,
+    precision: Precision,
     frame_limits: FrameLimits,
     raw: RawConfig,
 }
@@ -351,12 +390,17 @@ impl Config {
             MAX_INTRA_OP_THREADS,
         )? as usize;
         let max_pixels = int_in("max_frame_pixels", raw.max_frame_pixels, 1, i64::MAX)? as u64;
+        let precision = raw
+            .precision
+            .parse::<Precision>()
+            .map_err(|r| ConfigError::new("precision", r))?;
         Ok(Self {
             detector,
             classifiers,
             tracker,
             models_dir: non_empty_path(&raw.models_dir),
             intra_op_threads,
+            precision,
             frame_limits: FrameLimits {
                 max_pixels,
                 ..FrameLimits::default()
@@ -393,6 +437,11 @@ impl Config {
     /// ONNX Runtime intra-op threads per session.
     pub fn intra_op_threads(&self) -> usize {
         self.intra_op_threads
+    }
+
+    /// Precision of the models that have an int8 variant.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Limits applied to incoming frames.
@@ -541,11 +590,45 @@ mod tests {
                 },
                 "max_frame_pixels",
             ),
+            (
+                RawConfig {
+                    precision: "int4".into(),
+                    ..Default::default()
+                },
+                "precision",
+            ),
+            (
+                RawConfig {
+                    precision: "fp16".into(),
+                    ..Default::default()
+                },
+                "precision",
+            ),
+            (
+                RawConfig {
+                    precision: String::new(),
+                    ..Default::default()
+                },
+                "precision",
+            ),
         ];
         for (raw, field) in cases {
             let err = Config::from_raw(raw.clone()).unwrap_err();
             assert_eq!(err.field, field, "{raw:?}");
             assert!(err.to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn precision_names() {
+        assert_eq!(Config::default().precision(), Precision::Fp32);
+        for (name, precision) in [("fp32", Precision::Fp32), (" INT8 ", Precision::Int8)] {
+            let raw = RawConfig {
+                precision: name.into(),
+                ..Default::default()
+            };
+            assert_eq!(Config::from_raw(raw).unwrap().precision(), precision);
+            assert_eq!(precision.to_string().parse::<Precision>(), Ok(precision));
         }
     }
 

@@ -28,7 +28,7 @@ use crate::classify::{
     softmax_in_place, AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError,
     FaceChip,
 };
-use crate::config::{Config, DetectorBackend};
+use crate::config::{Config, DetectorBackend, Precision};
 use crate::detect::blazeface::BlazeFace;
 use crate::detect::centerface::CenterFace;
 use crate::detect::haar::HaarCascade;
@@ -51,6 +51,31 @@ pub const DETECTOR_MODEL: &str = "face_detector";
 /// Manifest name of the CenterFace face detection model (backend
 /// `centerface`, the default DNN `dnn`).
 pub const CENTERFACE_MODEL: &str = "face_detector_centerface";
+/// Suffix of a model's int8 variant in the manifest (`gender` -> `gender_int8`).
+pub const INT8_SUFFIX: &str = "_int8";
+
+/// The manifest entry loaded for model `name` at `precision`: its int8
+/// variant when int8 is asked for and the manifest has one, else `name`.
+/// (Saliency always builds its gradient graphs from `name`, the fp32 model:
+/// the graph transform does not handle QuantizeLinear/DequantizeLinear.)
+pub fn model_for_precision(manifest: &Manifest, name: &str, precision: Precision) -> String {
+    if precision == Precision::Int8 {
+        let int8 = format!("{name}{INT8_SUFFIX}");
+        if manifest.models.iter().any(|m| m.name == int8) {
+            return int8;
+        }
+    }
+    name.to_string()
+}
+
+/// The manifest model a detector backend runs (`None`: Haar, no model).
+fn detector_model(backend: DetectorBackend) -> Option<&'static str> {
+    match backend {
+        DetectorBackend::BlazeFace => Some(DETECTOR_MODEL),
+        DetectorBackend::CenterFace => Some(CENTERFACE_MODEL),
+        DetectorBackend::Haar => None,
+    }
+}
 
 /// Why the pipeline could not be built or could not process a frame.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +265,7 @@ struct LoadKey {
     threads: usize,
     backend: DetectorBackend,
     haar_cascade: PathBuf,
+    precision: Precision,
 }
 
 impl LoadKey {
@@ -249,6 +275,7 @@ impl LoadKey {
             threads: config.intra_op_threads(),
             backend: config.detector().backend,
             haar_cascade: config.detector().haar_cascade.clone(),
+            precision: config.precision(),
         }
     }
 }
@@ -280,27 +307,21 @@ fn load_manifest(config: &Config) -> Result<Manifest, PipelineError> {
 }
 
 fn load_detector(config: &Config, manifest: Option<&Manifest>) -> Result<Detector, PipelineError> {
-    match config.detector().backend {
-        DetectorBackend::Haar => Ok(Detector::Haar(HaarCascade::load(
+    let backend = config.detector().backend;
+    let Some(model) = detector_model(backend) else {
+        return Ok(Detector::Haar(HaarCascade::load(
             &config.detector().haar_cascade,
-        )?)),
+        )?));
+    };
+    let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
+    let name = model_for_precision(manifest, model, config.precision());
+    let (session, entry) = load_session(manifest, &name, config.intra_op_threads())?;
+    Ok(match backend {
         DetectorBackend::BlazeFace => {
-            let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
-            let (session, entry) =
-                load_session(manifest, DETECTOR_MODEL, config.intra_op_threads())?;
-            Ok(Detector::BlazeFace(Box::new(BlazeFace::new(
-                session, &entry,
-            )?)))
+            Detector::BlazeFace(Box::new(BlazeFace::new(session, &entry)?))
         }
-        DetectorBackend::CenterFace => {
-            let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
-            let (session, entry) =
-                load_session(manifest, CENTERFACE_MODEL, config.intra_op_threads())?;
-            Ok(Detector::CenterFace(Box::new(CenterFace::new(
-                session, &entry,
-            )?)))
-        }
-    }
+        _ => Detector::CenterFace(Box::new(CenterFace::new(session, &entry)?)),
+    })
 }
 
 fn load_classifier(
@@ -309,7 +330,8 @@ fn load_classifier(
     manifest: Option<&Manifest>,
 ) -> Result<Classifier, PipelineError> {
     let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
-    let (session, entry) = load_session(manifest, task.model_name(), config.intra_op_threads())?;
+    let name = model_for_precision(manifest, task.model_name(), config.precision());
+    let (session, entry) = load_session(manifest, &name, config.intra_op_threads())?;
     Ok(Classifier::new(
         task,
         session,
@@ -363,8 +385,9 @@ impl Pipeline {
 
     /// Applies a new configuration from the next frame on. Models are reloaded
     /// only when their settings changed (models directory, threads, detector
-    /// backend) or when a classifier is switched on; switching one off drops
-    /// it. On error nothing changes.
+    /// backend, precision for the models with an int8 variant) or when a
+    /// classifier is switched on; switching one off drops it. On error nothing
+    /// changes.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), PipelineError> {
         let key = LoadKey::of(config);
         let reload_all = key.models_dir != self.key.models_dir || key.threads != self.key.threads;
@@ -375,9 +398,18 @@ impl Pipeline {
         } else {
             self.manifest.clone()
         };
+        // Whether the precision change swaps the model loaded for `name`.
+        let variant_changed = |name: &str| {
+            key.precision != self.key.precision
+                && manifest.as_ref().is_some_and(|m| {
+                    model_for_precision(m, name, key.precision)
+                        != model_for_precision(m, name, self.key.precision)
+                })
+        };
         let detector_changed = reload_all
             || key.backend != self.key.backend
-            || key.haar_cascade != self.key.haar_cascade;
+            || key.haar_cascade != self.key.haar_cascade
+            || detector_model(key.backend).is_some_and(variant_changed);
         let detector = if detector_changed {
             Some(load_detector(config, manifest.as_ref())?)
         } else {
@@ -387,11 +419,11 @@ impl Pipeline {
         let max_faces = config.detector().max_faces;
         let next = |current: &Option<Classifier>,
                     enabled: bool,
-                    task|
+                    task: ClassifierTask|
          -> Result<Option<Option<Classifier>>, PipelineError> {
             match (current, enabled) {
                 (_, false) => Ok(Some(None)),
-                (Some(_), true) if !reload_all => Ok(None),
+                (Some(_), true) if !reload_all && !variant_changed(task.model_name()) => Ok(None),
                 _ => Ok(Some(Some(load_classifier(
                     task,
                     config,

@@ -2,7 +2,7 @@
 //! or CC0; see their LICENCES.md) with the real models of `models/`.
 //!
 //! Acceptance: the astronaut photo gives exactly one face, female, happy, with
-//! every detector.
+//! every detector and at both precisions (fp32, int8).
 //! Detector parity: CenterFace, with the whole photo as network input, finds
 //! the faces of `tests/fixtures/models/detector.json` (made by the models'
 //! Python reference), each matching with IoU >= 0.9 and landmarks within 2 px;
@@ -64,17 +64,26 @@ fn pipeline(raw: RawConfig) -> Pipeline {
 
 #[test]
 fn astronaut_is_one_happy_woman() {
-    let mut p = pipeline(RawConfig::default());
+    for precision in ["fp32", "int8"] {
+        astronaut_is_one_happy_woman_at(precision);
+    }
+}
+
+fn astronaut_is_one_happy_woman_at(precision: &str) {
+    let mut p = pipeline(RawConfig {
+        precision: precision.into(),
+        ..RawConfig::default()
+    });
     let result = p
         .process(&photo("astronaut.jpg"), &FrameRequest::default())
         .unwrap();
-    assert_eq!(result.faces.len(), 1, "{:?}", result.faces);
+    assert_eq!(result.faces.len(), 1, "{precision}: {:?}", result.faces);
     let face = &result.faces[0];
     let gender = face.gender.as_ref().unwrap();
     let emotion = face.emotion.as_ref().unwrap();
-    assert_eq!(gender.label(), "female", "{gender:?}");
-    assert_eq!(emotion.label(), "happy", "{emotion:?}");
-    assert!(emotion.confidence() > 0.9, "{emotion:?}");
+    assert_eq!(gender.label(), "female", "{precision}: {gender:?}");
+    assert_eq!(emotion.label(), "happy", "{precision}: {emotion:?}");
+    assert!(emotion.confidence() > 0.9, "{precision}: {emotion:?}");
     assert_eq!(emotion.probabilities.len(), 7);
     assert!((emotion.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     assert!(face.age.is_none(), "age is off by default");

@@ -29,12 +29,20 @@ use std::path::{Path, PathBuf};
 const TOLERANCE: f32 = 1e-4;
 
 /// The model names the rest of the crate looks up, with their tasks.
-const EXPECTED_MODELS: [(&str, Task); 5] = [
+const EXPECTED_MODELS: [(&str, Task); 7] = [
     ("face_detector", Task::FaceDetection),
     ("face_detector_centerface", Task::FaceDetection),
+    ("face_detector_centerface_int8", Task::FaceDetection),
     ("emotion", Task::Emotion),
     ("gender", Task::Gender),
+    ("gender_int8", Task::Gender),
     ("age", Task::Age),
+];
+
+/// The int8 variants (`precision: int8`) and their fp32 models.
+const INT8_VARIANTS: [(&str, &str); 2] = [
+    ("face_detector_centerface_int8", "face_detector_centerface"),
+    ("gender_int8", "gender"),
 ];
 
 /// One stored tensor: name in the graph, shape, raw `f32` file.
@@ -155,7 +163,7 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 #[test]
-fn manifest_names_the_five_models_with_their_tasks() {
+fn manifest_names_the_models_with_their_tasks() {
     let manifest = manifest();
     let names: Vec<&str> = manifest.models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names.len(), EXPECTED_MODELS.len(), "models: {names:?}");
@@ -191,6 +199,52 @@ fn manifest_names_the_five_models_with_their_tasks() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn int8_variants_keep_their_fp32_model_interface() {
+    let manifest = manifest();
+    for (int8, fp32) in INT8_VARIANTS {
+        let q = manifest.entry(int8).unwrap_or_else(|e| panic!("{e}"));
+        let f = manifest.entry(fp32).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(q.file, f.file, "{int8}: a file of its own");
+        assert_eq!(q.task, f.task, "{int8}");
+        assert_eq!(q.labels, f.labels, "{int8}");
+        // Specs without PartialEq: compared through their Debug forms.
+        for (what, a, b) in [
+            ("input", format!("{:?}", q.input), format!("{:?}", f.input)),
+            (
+                "preprocess",
+                format!("{:?}", q.preprocess),
+                format!("{:?}", f.preprocess),
+            ),
+            (
+                "outputs",
+                format!("{:?}", q.outputs),
+                format!("{:?}", f.outputs),
+            ),
+            (
+                "decode",
+                format!("{:?}", q.decode),
+                format!("{:?}", f.decode),
+            ),
+        ] {
+            assert_eq!(a, b, "{int8}: {what} differs from {fp32}");
+        }
+        let (qp, fp) = (&q.provenance, &f.provenance);
+        assert_eq!(
+            (&qp.package, &qp.version, &qp.source_file, &qp.licence),
+            (&fp.package, &fp.version, &fp.source_file, &fp.licence),
+            "{int8}: same source as {fp32}"
+        );
+        assert!(
+            qp.produced_by.starts_with("tools/quantize_models.py from ")
+                && qp.produced_by.contains(&f.file)
+                && qp.produced_by.contains(&f.sha256[..8]),
+            "{int8}: provenance names the fp32 file it was made from: {}",
+            qp.produced_by
+        );
     }
 }
 

@@ -96,26 +96,34 @@ def decode(
     return kept
 
 
-def detect(image_path: str, threshold: float = DEFAULT_SCORE_THRESHOLD) -> list[Detection]:
-    """Faces in one photo, in photo pixels: resize to multiples of 32, run, decode, scale back."""
-    import onnxruntime as ort
+def detect_image(session, image: np.ndarray, threshold: float = DEFAULT_SCORE_THRESHOLD) -> list[Detection]:
+    """Faces in an RGB array, in its pixels: resize to multiples of 32, run, decode, scale back."""
     from PIL import Image
 
-    from sources import MODELS_DIR
-
-    image = Image.open(image_path).convert("RGB")
-    net_w, net_h = network_size(image.width, image.height)
-    resized = image if image.size == (net_w, net_h) else image.resize((net_w, net_h), Image.BILINEAR)
-    x = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)[None]
-    session = ort.InferenceSession(str(MODELS_DIR / "centerface.onnx"), providers=["CPUExecutionProvider"])
+    height, width = image.shape[:2]
+    net_w, net_h = network_size(width, height)
+    resized = image if (net_w, net_h) == (width, height) else np.asarray(
+        Image.fromarray(image).resize((net_w, net_h), Image.BILINEAR))
+    x = np.ascontiguousarray(np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)[None])
     found = decode(*session.run(None, {"input": x}), (net_w, net_h), threshold)
-    sx, sy = net_w / image.width, net_h / image.height
+    sx, sy = net_w / width, net_h / height
     return [
         Detection(d.x1 / sx, d.y1 / sy, d.x2 / sx, d.y2 / sy, d.score,
                   [(px / sx, py / sy) for px, py in d.landmarks])
         for d in found
     ]
 
+
+def detect(image_path: str, threshold: float = DEFAULT_SCORE_THRESHOLD) -> list[Detection]:
+    """Faces in one photo, in photo pixels (`models/centerface.onnx`)."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from sources import MODELS_DIR
+
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    session = ort.InferenceSession(str(MODELS_DIR / "centerface.onnx"), providers=["CPUExecutionProvider"])
+    return detect_image(session, image, threshold)
 
 if __name__ == "__main__":
     import sys

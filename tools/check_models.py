@@ -26,7 +26,7 @@ def main() -> int:
         actual = sha256_of(path) if path.is_file() else "missing"
         ok = actual == entry["sha256"]
         failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {entry['name']:<14} {entry['file']:<28} {actual}")
+        print(f"{'ok  ' if ok else 'FAIL'} {entry['name']:<30} {entry['file']:<28} {actual}")
     return 1 if failures else 0
 
 

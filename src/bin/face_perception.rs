@@ -107,6 +107,11 @@ struct AnalyzeArgs {
     /// ONNX Runtime intra-op threads per model.
     #[arg(long, value_name = "N")]
     threads: Option<i64>,
+    /// Model precision: fp32 (default) or int8 (int8 CenterFace and gender,
+    /// about 1.9x faster on CPUs with VNNI; saliency still explains the fp32
+    /// models).
+    #[arg(long, value_name = "fp32|int8")]
+    precision: Option<String>,
     /// Further settings from a TOML file (fields of RawConfig); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -172,6 +177,9 @@ fn raw_config(args: &AnalyzeArgs) -> Result<RawConfig> {
     }
     if let Some(v) = args.threads {
         raw.intra_op_threads = v;
+    }
+    if let Some(v) = &args.precision {
+        raw.precision.clone_from(v);
     }
     Ok(raw)
 }

@@ -211,7 +211,8 @@ fn worker(
     }
 }
 
-/// The detector and the enabled classifiers, for logs and diagnostics.
+/// The detector, the enabled classifiers' files and the precision, for logs
+/// and diagnostics.
 fn describe_models(pipeline: &Pipeline) -> Vec<String> {
     let mut models = vec![format!("detector: {}", pipeline.detector_name())];
     for task in [
@@ -219,10 +220,15 @@ fn describe_models(pipeline: &Pipeline) -> Vec<String> {
         ClassifierTask::Emotion,
         ClassifierTask::Age,
     ] {
-        if pipeline.classifier(task).is_some() {
-            models.push(task.model_name().to_string());
+        if let Some(classifier) = pipeline.classifier(task) {
+            models.push(format!(
+                "{}: {}",
+                task.model_name(),
+                classifier.model_file()
+            ));
         }
     }
+    models.push(format!("precision: {}", pipeline.config().precision()));
     models
 }
 

@@ -61,6 +61,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("haar_cascade", "Haar cascade XML; empty: OpenCV's haarcascade_frontalface_default.xml."),
     ("intra_op_threads", "ONNX Runtime intra-op threads per model, 1..=64."),
     ("max_frame_pixels", "Largest accepted image, in pixels (width x height)."),
+    ("precision", "Model precision: \"fp32\" (default) or \"int8\" (int8 CenterFace detector and gender classifier, about 1.9x and 1.8x faster on CPUs with VNNI; emotion, age and BlazeFace stay fp32; saliency/gender explains the fp32 gender model)."),
     ("input_transport", "\"raw\" (subscribe image) or \"compressed\" (subscribe image/compressed). Read-only."),
     ("max_frame_age", "Drop frames older than this many seconds (ROS clock, now - header.stamp); 0 disables."),
     ("saliency_method", "Saliency published on saliency/*: \"guided\" (guided backprop), \"plain\" (gradient) or \"gradcam\"."),

@@ -1,0 +1,163 @@
+"""Int8 variants of CenterFace and the dlib gender network (`precision: int8`).
+
+Static quantisation with ONNX Runtime's own quantiser: QDQ format,
+activations uint8 (asymmetric), weights int8 per output channel (symmetric),
+MinMax calibration; Softmax stays float. The emotion mini-Xception is not
+quantised: its int8 variants ran slower than fp32 in ONNX Runtime 1.31.1
+(0.7x; mostly depthwise convolutions).
+
+Calibration data are the benchmark frames made by benches/make_bench_frames.py
+(tests/fixtures/core/frame_*.jpg, tiled from the test photos) and their mirror
+images; the single test photos are left for checking (tests/core_int8.rs):
+* CenterFace: every frame at 320x256 (the default `detection_max_side`) and at
+  its own network size (sides rounded up to multiples of 32). Both are needed:
+  calibrated at 320x256 only, the `scale` head's range is too small for large
+  faces and boxes collapse at full resolution.
+* gender: the aligned 32 px chips (tools/chip_alignment.py) of the faces fp32
+  CenterFace finds in those frames.
+
+CenterFace is first converted from opset 9 to 13 (per-channel QDQ needs
+opset >= 13); both models go through ONNX Runtime's `quant_pre_process`
+(batch norm folded into the convolutions, shapes inferred). The input keeps
+its dynamic N x 3 x H x W shape. The output depends on the onnxruntime and
+onnx versions, so other versions are refused.
+
+Run: `python tools/quantize_models.py MODELS_DIR FRAMES_DIR OUT_DIR`: reads
+centerface.onnx and gender-v1.onnx from MODELS_DIR, writes
+centerface.int8.onnx and gender-v1.int8.onnx into OUT_DIR
+(tools/regenerate_models.sh passes freshly rebuilt models and frames).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import version_converter
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from PIL import Image
+
+import centerface_decode
+from chip_alignment import FIXTURES, chip
+
+PINNED = {"onnxruntime": "1.31.1", "onnx": "1.23.2"}
+QDQ_MIN_OPSET = 13
+# Width, height: detection_max_side 320 on 4:3 and 16:9 frames.
+CALIBRATION_SIZE = (320, 256)
+GENDER_MEAN = np.array([122.781998, 117.000999, 104.297997], dtype=np.float32)
+GENDER_SCALE = 1.0 / 256.0
+GENDER_CHIP_SIZE = 32
+# (source file, output file, input name)
+CENTERFACE = ("centerface.onnx", "centerface.int8.onnx", "input")
+GENDER = ("gender-v1.onnx", "gender-v1.int8.onnx", "images")
+
+
+def check_versions() -> None:
+    found = {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
+    if found != PINNED:
+        raise SystemExit(f"need {PINNED}, found {found}")
+
+
+def calibration_frames(frames_dir: Path) -> list[np.ndarray]:
+    """The benchmark frames and their mirror images, in a fixed order."""
+    paths = sorted(frames_dir.glob("frame_*.jpg"))
+    if not paths:
+        raise SystemExit(f"no frame_*.jpg in {frames_dir}: run benches/make_bench_frames.py")
+    frames = []
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        frames += [image, np.ascontiguousarray(image[:, ::-1])]
+    return frames
+
+
+def detector_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[1, 3, H, W] raw RGB floats, the image resized to `size` (width, height)."""
+    h, w = image.shape[:2]
+    resized = image if size == (w, h) else np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.ascontiguousarray(resized.astype(np.float32).transpose(2, 0, 1)[None])
+
+
+def detector_inputs(frames: list[np.ndarray]) -> list[np.ndarray]:
+    inputs = []
+    for frame in frames:
+        own_size = centerface_decode.network_size(frame.shape[1], frame.shape[0])
+        inputs += [detector_input(frame, CALIBRATION_SIZE), detector_input(frame, own_size)]
+    return inputs
+
+
+def gender_inputs(frames: list[np.ndarray], detector: ort.InferenceSession) -> list[np.ndarray]:
+    """[1, 3, 32, 32] normalised aligned chips of every face fp32 CenterFace finds."""
+    template = np.array(json.loads((FIXTURES / "chip_alignment.json").read_text())
+                        ["centerface_template_unit_square"])
+    inputs = []
+    for frame in frames:
+        for face in centerface_decode.detect_image(detector, frame):
+            pixels = chip(frame, np.asarray(face.landmarks), template, GENDER_CHIP_SIZE)
+            normalised = (pixels - GENDER_MEAN) * GENDER_SCALE
+            inputs.append(np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32))
+    return inputs
+
+
+class Inputs(CalibrationDataReader):
+    """Calibration reader over a fixed list of inputs of one graph input."""
+
+    def __init__(self, name: str, inputs: list[np.ndarray]):
+        self.name, self.inputs, self.next_index = name, inputs, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.next_index == len(self.inputs):
+            return None
+        self.next_index += 1
+        return {self.name: self.inputs[self.next_index - 1]}
+
+    def rewind(self) -> None:
+        self.next_index = 0
+
+
+def quantise(src: Path, dst: Path, input_name: str, inputs: list[np.ndarray], work: Path) -> None:
+    model = onnx.load(src)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < QDQ_MIN_OPSET:
+        model = version_converter.convert_version(model, QDQ_MIN_OPSET)
+    upgraded, prepared = work / f"{src.stem}.opset.onnx", work / f"{src.stem}.pre.onnx"
+    onnx.save(model, upgraded)
+    quant_pre_process(str(upgraded), str(prepared), skip_symbolic_shape=True)
+    softmax = [n.name for n in onnx.load(prepared).graph.node if n.op_type == "Softmax"]
+    quantize_static(
+        str(prepared), str(dst), Inputs(input_name, inputs),
+        quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        nodes_to_exclude=softmax, calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def main() -> None:
+    if len(sys.argv) != 4:
+        raise SystemExit("usage: quantize_models.py MODELS_DIR FRAMES_DIR OUT_DIR")
+    models, frames_dir, out = (Path(a) for a in sys.argv[1:])
+    check_versions()
+    ort.set_default_logger_severity(3)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = calibration_frames(frames_dir)
+    detector = ort.InferenceSession(str(models / CENTERFACE[0]), providers=["CPUExecutionProvider"])
+    calibration = {CENTERFACE: detector_inputs(frames), GENDER: gender_inputs(frames, detector)}
+    with tempfile.TemporaryDirectory() as work:
+        for (source, target, input_name), inputs in calibration.items():
+            quantise(models / source, out / target, input_name, inputs, Path(work))
+            print(f"{target}: calibrated on {len(inputs)} inputs")
+
+
+if __name__ == "__main__":
+    main()
