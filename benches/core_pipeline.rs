@@ -250,7 +250,7 @@ fn median(values: &mut [Duration]) -> f64 {
 fn stage_summary() {
     println!("\nMedians over {SUMMARY_FRAMES} frames (ms): total = detect + classify + track (+ overhead)");
     println!(
-        "{:<34} {:>6} {:>8} {:>9} {:>7} {:>8}",
+        "{:<36} {:>6} {:>8} {:>9} {:>7} {:>8}",
         "case", "faces", "detect", "classify", "track", "total"
     );
     for (threads, precision) in [(1, "fp32"), (2, "fp32"), (1, "int8"), (2, "int8")] {
@@ -273,7 +273,7 @@ fn stage_summary() {
                     total.push(r.timings.total);
                 }
                 println!(
-                    "{:<34} {:>6} {:>8.3} {:>9.3} {:>7.3} {:>8.3}",
+                    "{:<36} {:>6} {:>8.3} {:>9.3} {:>7.3} {:>8.3}",
                     format!("{w}x{h} {faces} faces, {threads} thread(s) {precision}"),
                     found,
                     median(&mut detect),
