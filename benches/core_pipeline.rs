@@ -51,11 +51,11 @@ fn pipeline(threads: i64, detector: &str) -> Pipeline {
     Pipeline::new(&config(threads, detector)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The default detector at `precision` ("fp32" or "int8").
-fn pipeline_at(threads: i64, precision: &str) -> Pipeline {
+/// `detector` at `precision` ("fp32" or "int8").
+fn pipeline_at(threads: i64, precision: &str, detector: &str) -> Pipeline {
     let raw = RawConfig {
         precision: precision.to_string(),
-        ..config(threads, "dnn").to_raw()
+        ..config(threads, detector).to_raw()
     };
     let config = Config::from_raw(raw).unwrap_or_else(|e| panic!("{e}"));
     Pipeline::new(&config).unwrap_or_else(|e| panic!("{e}"))
@@ -191,7 +191,7 @@ fn bench_stages(c: &mut Criterion) {
         }
     }
     // precision int8: int8 CenterFace and gender, fp32 emotion.
-    let mut p = pipeline_at(1, "int8");
+    let mut p = pipeline_at(1, "int8", "dnn");
     for (w, h) in SIZES {
         let f = frame(w, h, 5);
         group.bench_function(
@@ -253,11 +253,18 @@ fn median(values: &mut [Duration]) -> f64 {
 fn stage_summary() {
     println!("\nMedians over {SUMMARY_FRAMES} frames (ms): total = detect + classify + track (+ overhead)");
     println!(
-        "{:<36} {:>6} {:>8} {:>9} {:>7} {:>8}",
+        "{:<44} {:>6} {:>8} {:>9} {:>7} {:>8}",
         "case", "faces", "detect", "classify", "track", "total"
     );
-    for (threads, precision) in [(1, "fp32"), (2, "fp32"), (1, "int8"), (2, "int8")] {
-        let mut p = pipeline_at(threads, precision);
+    for (threads, precision, detector) in [
+        (1, "fp32", "centerface"),
+        (2, "fp32", "centerface"),
+        (1, "int8", "centerface"),
+        (2, "int8", "centerface"),
+        (1, "fp32", "blazeface"),
+        (2, "int8", "blazeface"),
+    ] {
+        let mut p = pipeline_at(threads, precision, detector);
         for (w, h) in SIZES {
             for faces in [1, 2, 5] {
                 let f = frame(w, h, faces);
@@ -276,8 +283,8 @@ fn stage_summary() {
                     total.push(r.timings.total);
                 }
                 println!(
-                    "{:<36} {:>6} {:>8.3} {:>9.3} {:>7.3} {:>8.3}",
-                    format!("{w}x{h} {faces} faces, {threads} thread(s) {precision}"),
+                    "{:<44} {:>6} {:>8.3} {:>9.3} {:>7.3} {:>8.3}",
+                    format!("{w}x{h} {faces} faces, {threads} thr {precision} {detector}"),
                     found,
                     median(&mut detect),
                     median(&mut classify),
@@ -298,5 +305,10 @@ fn main() {
     bench_stages(&mut criterion);
     bench_end_to_end(&mut criterion);
     criterion.final_summary();
-    stage_summary();
+    // The per-stage table takes about two minutes: only without a filter,
+    // or with the filter `summary`.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_none_or(|f| f == "summary") {
+        stage_summary();
+    }
 }

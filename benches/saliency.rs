@@ -4,10 +4,12 @@
 //!
 //! Inputs are the golden face crops of `tests/fixtures/models/golden`; the
 //! bench skips with a message when the models, fixtures or ONNX Runtime are
-//! missing. `SALIENCY_BENCH_THREADS` sets the intra-op threads per model
-//! (default 1: on 2 cores, one classifier per core beats two threads each).
+//! missing. Guided backprop runs at 1 and 2 intra-op threads per model (and
+//! with the two classifiers on one thread each, in parallel);
+//! `SALIENCY_BENCH_THREADS` fixes the thread count.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use face_perception::config::DEFAULT_INTRA_OP_THREADS;
 use face_perception::manifest::Manifest;
 use face_perception::saliency::{GradientModel, SaliencyMethod};
 use ndarray::Array4;
@@ -64,14 +66,18 @@ fn load(
 }
 
 fn bench_saliency(c: &mut Criterion) {
-    let threads = std::env::var("SALIENCY_BENCH_THREADS")
+    // Guided backprop (the node's default) at 1 and 2 intra-op threads per
+    // model, the other methods at the package default; SALIENCY_BENCH_THREADS
+    // replaces both thread counts.
+    let fixed: Option<usize> = std::env::var("SALIENCY_BENCH_THREADS")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    for method in [
-        SaliencyMethod::Guided,
-        SaliencyMethod::Plain,
-        SaliencyMethod::GradCam,
+        .and_then(|v| v.parse().ok());
+    let default_threads = DEFAULT_INTRA_OP_THREADS as usize;
+    for (method, threads) in [
+        (SaliencyMethod::Guided, fixed.unwrap_or(1)),
+        (SaliencyMethod::Guided, fixed.unwrap_or(2)),
+        (SaliencyMethod::Plain, fixed.unwrap_or(default_threads)),
+        (SaliencyMethod::GradCam, fixed.unwrap_or(default_threads)),
     ] {
         let (Some((mut emotion, emotion_faces)), Some((mut gender, gender_faces))) = (
             load("emotion", method, threads),
@@ -81,7 +87,7 @@ fn bench_saliency(c: &mut Criterion) {
             return;
         };
         c.bench_function(
-            &format!("saliency_{method}_5_faces_emotion_then_gender"),
+            &format!("saliency_{method}_5_faces_emotion_then_gender_{threads}thr"),
             |b| {
                 b.iter(|| {
                     let e = emotion
@@ -96,7 +102,7 @@ fn bench_saliency(c: &mut Criterion) {
         );
         // One classifier per core: the two calls overlap.
         c.bench_function(
-            &format!("saliency_{method}_5_faces_emotion_and_gender_in_parallel"),
+            &format!("saliency_{method}_5_faces_emotion_and_gender_in_parallel_{threads}thr"),
             |b| {
                 b.iter(|| {
                     std::thread::scope(|scope| {
@@ -113,20 +119,26 @@ fn bench_saliency(c: &mut Criterion) {
                 })
             },
         );
-        c.bench_function(&format!("saliency_{method}_5_faces_emotion"), |b| {
-            b.iter(|| {
-                emotion
-                    .gradients(emotion_faces.view(), None)
-                    .expect("emotion saliency")
-            })
-        });
-        c.bench_function(&format!("saliency_{method}_5_faces_gender"), |b| {
-            b.iter(|| {
-                gender
-                    .gradients(gender_faces.view(), None)
-                    .expect("gender saliency")
-            })
-        });
+        c.bench_function(
+            &format!("saliency_{method}_5_faces_emotion_{threads}thr"),
+            |b| {
+                b.iter(|| {
+                    emotion
+                        .gradients(emotion_faces.view(), None)
+                        .expect("emotion saliency")
+                })
+            },
+        );
+        c.bench_function(
+            &format!("saliency_{method}_5_faces_gender_{threads}thr"),
+            |b| {
+                b.iter(|| {
+                    gender
+                        .gradients(gender_faces.view(), None)
+                        .expect("gender saliency")
+                })
+            },
+        );
     }
 }
 
