@@ -9,8 +9,7 @@
 mod saliency_common;
 
 use face_perception::saliency::onnx_proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    ValueInfoProto, DT_FLOAT,
+    AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto, DT_FLOAT,
 };
 use face_perception::saliency::{
     gradient_model_bytes_with_relu_taps, GradientModel, SaliencyError, SaliencyMethod,
@@ -18,8 +17,7 @@ use face_perception::saliency::{
 use ndarray::{Array4, ArrayD};
 use ort::session::Session;
 use ort::value::TensorRef;
-use prost::Message;
-use saliency_common::{golden_batch, model, ort_ready};
+use saliency_common::{encode_model, golden_batch, model, ort_ready};
 
 fn node(
     op: &str,
@@ -85,17 +83,7 @@ fn tiny_classifier(b1: [f32; 4], w2: [[f32; 3]; 4], activation: &str) -> Vec<u8>
         )],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: 8,
-        producer_name: "saliency_guided test".to_string(),
-        graph: Some(graph),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        ..Default::default()
-    }
-    .encode_to_vec()
+    encode_model(graph, "saliency_guided test")
 }
 
 const B1: [f32; 4] = [0.5, -0.5, 0.5, -0.5];

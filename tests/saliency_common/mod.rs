@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 use face_perception::manifest::{Manifest, ModelEntry};
+use face_perception::saliency::onnx_proto::{GraphProto, ModelProto, OperatorSetIdProto};
 use ndarray::Array4;
+use prost::Message;
 use std::path::PathBuf;
 
 /// The repository root.
@@ -96,4 +98,19 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % bound as u64) as usize
     }
+}
+
+/// `graph` as the bytes of an ONNX model (IR 8, default-domain opset 17).
+pub fn encode_model(graph: GraphProto, producer: &str) -> Vec<u8> {
+    ModelProto {
+        ir_version: 8,
+        producer_name: producer.to_string(),
+        graph: Some(graph),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
