@@ -640,9 +640,9 @@ impl Pipeline {
         // each explains the class its classifier ranked first on this frame
         // (before smoothing).
         let saliency_start = Instant::now();
-        let face_ids: Vec<String> = faces.iter().map(|f| f.id.clone()).collect();
         let mut saliency_images = Vec::new();
         if let Some(explain) = &request.explain {
+            let face_ids: Vec<String> = faces.iter().map(|f| f.id.clone()).collect();
             for &task in &explain.tasks {
                 let Some((_, batch, chips)) = explained_batches.iter().find(|(t, _, _)| *t == task)
                 else {
