@@ -100,15 +100,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
 
+    // NODE_BENCH_THREADS sets the node's intra_op_threads (default: the node's).
+    let threads = std::env::var("NODE_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(|n| format!("intra_op_threads:={n}"));
+    let mut args: Vec<String> = [
+        "--ros-args",
+        "-r",
+        "__ns:=/bench",
+        "-p",
+        "max_frame_age:=0.0",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(threads) = threads {
+        args.extend(["-p".to_string(), threads]);
+    }
     let spawned = Instant::now();
     let mut child = Command::new(root.join("target/release/face_perception_node"))
-        .args([
-            "--ros-args",
-            "-r",
-            "__ns:=/bench",
-            "-p",
-            "max_frame_age:=0.0",
-        ])
+        .args(&args)
         .env("ROS_DOMAIN_ID", domain.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
