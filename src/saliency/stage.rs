@@ -1,5 +1,5 @@
 //! The saliency stage of the pipeline: from the exact classifier batch of a
-//! frame ([`SaliencyInputs`]) to the images users look at, one per classifier:
+//! frame to the images users look at, one per classifier:
 //! (a) the frame, dimmed, with each face's saliency as a heat map over it, and
 //! (b) each face's raw saliency map as a grey image the size of its chip's
 //! footprint in the frame.
@@ -14,7 +14,6 @@ use super::{GradientModel, SaliencyBatch, SaliencyError, SaliencyMethod};
 use crate::classify::{ClassifierTask, FaceChip};
 use crate::frame::Frame;
 use crate::manifest::Manifest;
-use crate::pipeline::SaliencyInputs;
 use ndarray::ArrayView4;
 use std::collections::HashMap;
 
@@ -38,7 +37,7 @@ pub struct SaliencyStage {
 }
 
 impl SaliencyStage {
-    /// An empty stage; nothing is built until [`SaliencyStage::explain`] needs it.
+    /// An empty stage; nothing is built until [`SaliencyStage::run`] needs it.
     pub fn new(intra_threads: usize) -> Self {
         Self {
             models: HashMap::new(),
@@ -84,30 +83,6 @@ impl SaliencyStage {
             .ok_or(SaliencyError::InvalidModel {
                 reason: "model cache".into(),
             })
-    }
-
-    /// The saliency images of `frame` for the classifier batch `inputs`.
-    pub fn explain(
-        &mut self,
-        manifest: &Manifest,
-        frame: &Frame,
-        inputs: &SaliencyInputs,
-        method: SaliencyMethod,
-    ) -> Result<FrameSaliency, SaliencyError> {
-        let task = inputs.request.task;
-        let classes: Vec<usize> = match inputs.request.class_index {
-            Some(c) => vec![c; inputs.face_ids.len()],
-            None => inputs.top_classes.clone(),
-        };
-        let batch = self.run(manifest, task, method, inputs.batch.view(), Some(&classes))?;
-        Self::render(
-            frame,
-            task,
-            method,
-            batch.maps.view(),
-            &inputs.chips,
-            &inputs.face_ids,
-        )
     }
 
     /// Runs the gradient graph of `task` on a classifier batch `[N, C, H, W]`

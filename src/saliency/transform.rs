@@ -11,7 +11,7 @@
 //!
 //! Shapes that the backward nodes need as constants (output padding of
 //! transposed convolutions, slice bounds, pooling divisors) come from a probe
-//! run of the forward model ([`probe_model`]) at batch sizes 1 and 2, so that
+//! run of the forward model ([`ForwardModel::probe_model`]) at batch sizes 1 and 2, so that
 //! no shape inference has to be re-implemented here; the batch axis stays
 //! dynamic in the gradient model.
 
