@@ -11,8 +11,8 @@
 //! the resized frame's buffer follows the frame size.
 
 use super::{
-    check_interface, filter_detections, BlazeFaceKeypoints, DetectError, Detection, FaceBox,
-    FaceDetector, Landmarks, Normalization, Point,
+    check_interface, filter_detections, output_tensor, BlazeFaceKeypoints, DetectError, Detection,
+    FaceBox, FaceDetector, Landmarks, Normalization, Point,
 };
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
@@ -256,13 +256,7 @@ impl BlazeFace {
             .map_err(inference)?;
         let mut tensors: [&[f32]; OUTPUT_COUNT] = [&[], &[]];
         for (tensor, name) in tensors.iter_mut().zip(&self.output_names) {
-            let value = outputs
-                .get(name.as_str())
-                .ok_or_else(|| DetectError::ModelMismatch {
-                    model: self.model.clone(),
-                    reason: format!("output {name:?} missing from the results"),
-                })?;
-            *tensor = value.try_extract_tensor::<f32>().map_err(inference)?.1;
+            *tensor = output_tensor(&outputs, name, &self.model)?.1;
         }
         let [regressors, logits] = tensors;
         let per_anchor = BOX_VALUES + 2 * KEYPOINTS;

@@ -9,8 +9,8 @@
 //! only when the frame size changes.
 
 use super::{
-    check_interface, filter_detections, DetectError, Detection, DetectionScale, FaceBox,
-    FaceDetector, FivePointLandmarks, Landmarks, Normalization, Point,
+    check_interface, filter_detections, output_tensor, DetectError, Detection, DetectionScale,
+    FaceBox, FaceDetector, FivePointLandmarks, Landmarks, Normalization, Point,
 };
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
@@ -129,13 +129,7 @@ impl CenterFace {
             .map_err(inference)?;
         let mut maps: Vec<(&[f32], usize, usize)> = Vec::with_capacity(OUTPUT_COUNT);
         for name in &self.output_names {
-            let value = outputs
-                .get(name.as_str())
-                .ok_or_else(|| DetectError::ModelMismatch {
-                    model: self.model.clone(),
-                    reason: format!("output {name:?} missing from the results"),
-                })?;
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(inference)?;
+            let (shape, data) = output_tensor(&outputs, name, &self.model)?;
             if shape.len() != 4 || shape[0] != 1 {
                 return Err(DetectError::ModelMismatch {
                     model: self.model.clone(),

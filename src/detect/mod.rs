@@ -373,6 +373,26 @@ pub(crate) fn check_interface(
     Ok(())
 }
 
+/// The f32 output `name` of a detector run, with its shape; a missing output
+/// is a [`DetectError::ModelMismatch`] naming `model`, a non-f32 one an
+/// inference error.
+pub(crate) fn output_tensor<'a>(
+    outputs: &'a ort::session::SessionOutputs<'_>,
+    name: &str,
+    model: &str,
+) -> Result<(&'a [i64], &'a [f32]), DetectError> {
+    let value = outputs
+        .get(name)
+        .ok_or_else(|| DetectError::ModelMismatch {
+            model: model.to_string(),
+            reason: format!("output {name:?} missing from the results"),
+        })?;
+    let (shape, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| DetectError::Inference(e.to_string()))?;
+    Ok((shape, data))
+}
+
 /// Greedy non-maximum suppression: keeps the highest-scoring detection of
 /// every group overlapping by more than `iou`. Sorts by decreasing score.
 pub fn non_max_suppression(detections: &mut Vec<Detection>, iou: f32) {
