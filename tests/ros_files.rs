@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 /// The launch arguments both launch files must declare.
-const LAUNCH_ARGUMENTS: [&str; 3] = ["camera", "namespace", "params_file"];
+const LAUNCH_ARGUMENTS: [&str; 4] = ["camera", "namespace", "params_file", "rviz"];
 /// The topics the RViz configuration must show as images.
 const RVIZ_IMAGE_TOPICS: [&str; 3] = ["annotated_image", "saliency/emotion", "saliency/gender"];
 
@@ -45,8 +45,13 @@ for n in ast.walk(tree):
             for pair in kw['remappings'].elts:
                 if isinstance(pair, ast.Tuple) and isinstance(pair.elts[0], ast.Constant):
                     remap_from.append(pair.elts[0].value)
+        def dumped(name):
+            v = kw.get(name)
+            return ast.dump(v) if v is not None else None
         nodes.append({
             'package': const('package'), 'executable': const('executable'), 'name': const('name'),
+            'namespace': dumped('namespace'), 'arguments': dumped('arguments'),
+            'condition': dumped('condition'),
             'parameters': entries,
             # every entry of parameters=[...] is the params_file launch configuration
             'parameters_only_file': entries is not None and all(
@@ -61,6 +66,7 @@ for node in root.iter('node'):
     params = [p.attrib for p in node.iter('param')]
     xml_nodes.append({
         'package': node.get('pkg'), 'executable': node.get('exec'), 'name': node.get('name'),
+        'namespace': node.get('namespace'), 'args': node.get('args'), 'if': node.get('if'),
         'params': params,
         'remap_from': [r.get('from') for r in node.iter('remap')],
     })
@@ -100,6 +106,13 @@ fn inspect() -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("inspection JSON")
+}
+
+/// The one node of `package` among a launch file's nodes.
+fn node_of<'a>(nodes: &'a [Value], package: &str) -> &'a Value {
+    let matching: Vec<&Value> = nodes.iter().filter(|n| n["package"] == package).collect();
+    assert_eq!(matching.len(), 1, "nodes of package {package}: {nodes:?}");
+    matching[0]
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -155,11 +168,26 @@ fn python_launch_file_declares_the_arguments_and_sets_parameters_only_from_the_f
         );
     }
     let nodes = launch["nodes"].as_array().expect("nodes");
-    assert_eq!(nodes.len(), 1, "{nodes:?}");
-    let node = &nodes[0];
-    assert_eq!(node["package"], "face_perception");
+    assert_eq!(nodes.len(), 2, "the node and RViz: {nodes:?}");
+    let node = node_of(nodes, "face_perception");
     assert_eq!(node["executable"], "face_perception_node");
     assert_eq!(node["name"], "face_perception");
+    let rviz = node_of(nodes, "rviz2");
+    assert_eq!(rviz["executable"], "rviz2");
+    let dumped = |key: &str| rviz[key].as_str().unwrap_or_default().to_string();
+    assert!(
+        dumped("condition").contains("IfCondition") && dumped("condition").contains("'rviz'"),
+        "RViz must start only with rviz:=true: {rviz}"
+    );
+    assert!(
+        dumped("namespace").contains("id='namespace'"),
+        "RViz must share the node's namespace: {rviz}"
+    );
+    assert!(
+        dumped("arguments").contains("'-d'")
+            && dumped("arguments").contains("face_perception.rviz"),
+        "RViz must load config/face_perception.rviz: {rviz}"
+    );
     assert_eq!(
         node["parameters_only_file"], true,
         "parameters other than params_file: {:?}",
@@ -189,11 +217,26 @@ fn xml_launch_file_declares_the_same_arguments_and_sets_parameters_only_from_the
         "the two launch files declare different arguments"
     );
     let nodes = launch["nodes"].as_array().expect("nodes");
-    assert_eq!(nodes.len(), 1, "{nodes:?}");
-    let node = &nodes[0];
-    assert_eq!(node["package"], "face_perception");
+    assert_eq!(nodes.len(), 2, "the node and RViz: {nodes:?}");
+    let node = node_of(nodes, "face_perception");
     assert_eq!(node["executable"], "face_perception_node");
     assert_eq!(node["name"], "face_perception");
+    let rviz = node_of(nodes, "rviz2");
+    assert_eq!(rviz["executable"], "rviz2");
+    assert_eq!(
+        rviz["if"], "$(var rviz)",
+        "RViz must start only with rviz:=true"
+    );
+    assert_eq!(
+        rviz["namespace"], "$(var namespace)",
+        "RViz must share the node's namespace"
+    );
+    assert!(
+        rviz["args"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("-d ") && a.ends_with("/config/face_perception.rviz")),
+        "RViz must load config/face_perception.rviz: {rviz}"
+    );
     let params = node["params"].as_array().expect("params");
     assert!(!params.is_empty(), "no <param from=...>");
     for p in params {
@@ -219,12 +262,12 @@ fn xml_launch_file_declares_the_same_arguments_and_sets_parameters_only_from_the
 fn rviz_config_shows_the_annotated_and_saliency_images() {
     let info = inspect();
     let topics = strings(&info["rviz"]["image_topics"]);
+    // Relative names: RViz, launched in the node's namespace, resolves them
+    // to the node's topics in any namespace.
     for wanted in RVIZ_IMAGE_TOPICS {
         assert!(
-            topics
-                .iter()
-                .any(|t| t.trim_start_matches('/') == wanted || t.ends_with(&format!("/{wanted}"))),
-            "no Image display for {wanted}: {topics:?}"
+            topics.iter().any(|t| t == wanted),
+            "no Image display for the relative topic {wanted}: {topics:?}"
         );
     }
 }
