@@ -336,6 +336,57 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
 }
 
 #[test]
+fn classifiers_side_by_side_equal_one_after_the_other() {
+    // With 2 intra-op threads the classifiers run side by side, one thread
+    // each; with 1 thread one after the other. Same faces, same
+    // probabilities for every classifier, also when one of them is explained
+    // (its gradient graph runs first, the others side by side after it).
+    // Tolerance 1e-5: the sessions' thread counts differ, which may change
+    // a kernel's summation order.
+    let frame = photo("group.jpg");
+    let raw = |threads| RawConfig {
+        detector: "centerface".into(),
+        detection_max_side: 640,
+        enable_age: true,
+        intra_op_threads: threads,
+        ..RawConfig::default()
+    };
+    let mut sequential = pipeline(raw(1));
+    let mut side_by_side = pipeline(raw(2));
+    let explain_gender = FrameRequest {
+        explain: Some(Explain {
+            method: SaliencyMethod::Guided,
+            tasks: vec![ClassifierTask::Gender],
+        }),
+        ..FrameRequest::default()
+    };
+    for request in [FrameRequest::default(), explain_gender] {
+        let a = sequential.process(&frame, &request).unwrap();
+        let b = side_by_side.process(&frame, &request).unwrap();
+        assert_eq!(a.faces.len(), 3);
+        assert_eq!(a.faces.len(), b.faces.len());
+        for (i, (fa, fb)) in a.faces.iter().zip(&b.faces).enumerate() {
+            assert_eq!(fa.bbox, fb.bbox, "face {i}");
+            for (task, x, y) in [
+                ("gender", &fa.gender, &fb.gender),
+                ("emotion", &fa.emotion, &fb.emotion),
+            ] {
+                let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+                let diff = max_abs_diff(&x.probabilities, &y.probabilities);
+                assert!(diff < 1e-5, "face {i} {task}: differs by {diff}");
+            }
+            let (x, y) = (fa.age.as_ref().unwrap(), fb.age.as_ref().unwrap());
+            assert!(
+                (x.years - y.years).abs() < 1e-3,
+                "face {i} age: {} and {}",
+                x.years,
+                y.years
+            );
+        }
+    }
+}
+
+#[test]
 fn explained_classifiers_report_the_probabilities_of_the_plain_run() {
     // With saliency requested, a classifier runs as its gradient graph and
     // its labels come from that graph's forward scores; they must be those

@@ -59,7 +59,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("track_iou", "Minimum IoU to continue a track, in (0, 1]."),
     ("models_dir", "Directory with manifest.toml and the ONNX models; empty: the installed models."),
     ("haar_cascade", "Haar cascade XML; empty: OpenCV's haarcascade_frontalface_default.xml."),
-    ("intra_op_threads", "ONNX Runtime intra-op threads per model, 1..=64."),
+    ("intra_op_threads", "ONNX Runtime intra-op threads, 1..=64: the detector's and each saliency graph's; with 2 or more, the enabled classifiers run side by side and share them."),
     ("max_frame_pixels", "Largest accepted image, in pixels (width x height)."),
     ("precision", "Model precision: \"fp32\" (default) or \"int8\" (int8 CenterFace detector and gender classifier, about 1.9x and 1.8x faster on CPUs with VNNI; emotion, age and BlazeFace stay fp32; saliency/gender explains the fp32 gender model)."),
     ("input_transport", "\"raw\" (subscribe image) or \"compressed\" (subscribe image/compressed). Read-only."),
