@@ -214,6 +214,7 @@ fn invalid_changes_are_refused_with_a_reason_and_the_old_value_kept() {
         ),
         ("max_frame_age", ParameterValue::Double(-1.0)),
         ("saliency_method", ParameterValue::String("magic".into())),
+        ("saliency_max_rate", ParameterValue::Double(-1.0)),
         ("enable_gender", ParameterValue::String("yes".into())),
         (
             "models_dir",

@@ -101,6 +101,8 @@ fn worker(
 ) {
     let mut generation = settings.lock().map(|s| s.generation).unwrap_or_default();
     let mut frame = Frame::empty();
+    // Start of the last frame that computed saliency.
+    let mut last_saliency: Option<Instant> = None;
     while running.load(Ordering::Acquire) {
         let Some(incoming) = latest.take(Duration::from_millis(100)) else {
             continue;
@@ -141,15 +143,23 @@ fn worker(
             }
             continue;
         }
-        // Saliency only for the classifiers whose topic is watched.
+        // Saliency only for the classifiers whose topic is watched, and at
+        // most saliency_max_rate times per second.
+        let saliency_due = current.saliency_max_rate <= 0.0
+            || last_saliency.is_none_or(|t| {
+                started.duration_since(t).as_secs_f64() * current.saliency_max_rate >= 1.0
+            });
         let tasks: Vec<ClassifierTask> = [
             (ClassifierTask::Emotion, &outputs.saliency_emotion),
             (ClassifierTask::Gender, &outputs.saliency_gender),
         ]
         .into_iter()
-        .filter(|(_, publisher)| subscribed(publisher))
+        .filter(|(_, publisher)| saliency_due && subscribed(publisher))
         .map(|(task, _)| task)
         .collect();
+        if !tasks.is_empty() {
+            last_saliency = Some(started);
+        }
         let request = FrameRequest {
             annotated: subscribed(&outputs.annotated),
             saliency: None,
