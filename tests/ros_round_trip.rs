@@ -32,13 +32,7 @@ fn astronaut_photo_round_trip() {
     // Publish until the node answers; every frame has its own stamp.
     let mut sent = Vec::new();
     let answered = wait_for(FIRST_ANSWER, || {
-        let (sec, nanosec) = now_stamp();
-        let msg = photo_message(
-            "tests/fixtures/models/photos/astronaut.jpg",
-            "camera_optical",
-            sec,
-            nanosec,
-        );
+        let msg = astronaut_now();
         publisher.publish(&msg).expect("publish");
         sent.push(msg.header);
         std::thread::sleep(Duration::from_millis(100));
@@ -111,13 +105,7 @@ fn astronaut_photo_round_trip() {
     let saliency_gender = collect::<Image>(&test, "/rt/saliency/gender", QosProfile::default());
     let mut image_stamps = Vec::new();
     let got_all = wait_for(FIRST_ANSWER, || {
-        let (sec, nanosec) = now_stamp();
-        let msg = photo_message(
-            "tests/fixtures/models/photos/astronaut.jpg",
-            "camera_optical",
-            sec,
-            nanosec,
-        );
+        let msg = astronaut_now();
         image_stamps.push(msg.header.stamp.clone());
         publisher.publish(&msg).expect("publish");
         std::thread::sleep(Duration::from_millis(100));

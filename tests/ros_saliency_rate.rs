@@ -40,15 +40,9 @@ fn publish_window(publisher: &r2r::Publisher<Image>) -> HashSet<(i32, u32)> {
     let start = Instant::now();
     let mut next = start;
     while start.elapsed() < WINDOW {
-        let (sec, nanosec) = now_stamp();
-        let msg = photo_message(
-            "tests/fixtures/models/photos/astronaut.jpg",
-            "camera_optical",
-            sec,
-            nanosec,
-        );
+        let msg = astronaut_now();
         publisher.publish(&msg).expect("publish");
-        sent.insert((sec, nanosec));
+        sent.insert(stamp_key(&msg.header.stamp));
         next += period;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
@@ -85,13 +79,7 @@ fn saliency_images_are_rate_limited_and_faces_keep_the_input_rate() {
 
     // Warm up until both saliency topics have answered (graphs built).
     let warm = wait_for(FIRST_ANSWER, || {
-        let (sec, nanosec) = now_stamp();
-        let msg = photo_message(
-            "tests/fixtures/models/photos/astronaut.jpg",
-            "camera_optical",
-            sec,
-            nanosec,
-        );
+        let msg = astronaut_now();
         publisher.publish(&msg).expect("publish");
         std::thread::sleep(Duration::from_millis(100));
         !emotion.lock().unwrap().is_empty() && !gender.lock().unwrap().is_empty()

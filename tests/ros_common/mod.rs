@@ -210,6 +210,17 @@ pub fn photo_message(
     }
 }
 
+/// The astronaut photo as an rgb8 `sensor_msgs/Image` stamped now, frame `camera_optical`.
+pub fn astronaut_now() -> r2r::sensor_msgs::msg::Image {
+    let (sec, nanosec) = now_stamp();
+    photo_message(
+        "tests/fixtures/models/photos/astronaut.jpg",
+        "camera_optical",
+        sec,
+        nanosec,
+    )
+}
+
 /// Now on the system clock as a ROS time (the node's ROS clock is the system clock).
 pub fn now_stamp() -> (i32, u32) {
     let d = std::time::SystemTime::now()
