@@ -3,8 +3,15 @@
 Static quantisation with ONNX Runtime's own quantiser: QDQ format,
 activations uint8 (asymmetric), weights int8 per output channel (symmetric),
 MinMax calibration; Softmax stays float. The emotion mini-Xception is not
-quantised: its int8 variants ran slower than fp32 in ONNX Runtime 1.31.1
-(0.7x; mostly depthwise convolutions).
+quantised: all ops int8 ran at 0.8x fp32 in ONNX Runtime 1.31.1 (its 60 x 60
+stem convs with 1 and 8 channels lose most), only its last residual blocks
+int8 at 1.08x. Other quantiser options tried on CenterFace (first conv or heads
+left float, per-tensor weights, QOperator, symmetric activations, uint8
+weights, ConvTranspose as Conv + DepthToSpace) were not clearly faster or lost
+accuracy: models/README.md, "Tried and not kept". Note that excluding a Conv
+that sits between a DequantizeLinear and a QuantizeLinear does not keep it
+float: ONNX Runtime quantises its weights itself (per tensor) when it loads
+the model.
 
 Calibration data are the benchmark frames made by benches/make_bench_frames.py
 (tests/fixtures/core/frame_*.jpg, tiled from the test photos) and their mirror
