@@ -111,6 +111,14 @@ if ! done_already msgs "$s" || [ ! -d "$cache/msgs/install/share/face_perception
     -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$venv/bin/python" >>"$log" 2>&1 || fail "cmake configure failed"
   cmake --build "$cache/msgs/build" -j 2 >>"$log" 2>&1 || fail "cmake build failed"
   cmake --install "$cache/msgs/build" >>"$log" 2>&1 || fail "cmake install failed"
+  # r2r regenerates its message bindings when its watched environment
+  # variables change, not when a message does: drop the cached bindings
+  # (debug and release, which make colcon uses) so the next build makes new ones.
+  if [ -d "$root/target" ]; then
+    for profile in "" --release; do
+      (cd "$root" && cargo clean -p r2r_msg_gen -p r2r $profile >>"$log" 2>&1) || true
+    done
+  fi
   mark_done msgs "$s"
 fi
 # Re-source so that the freshly installed package is on the paths.

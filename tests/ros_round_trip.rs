@@ -79,6 +79,29 @@ fn astronaut_photo_round_trip() {
         iou >= 0.85,
         "roi {roi:?}: IoU {iou:.3} with the expected box"
     );
+    // CenterFace's five landmarks, named, inside the box, the subject's
+    // right eye nearer the image's left edge and above the mouth.
+    assert_eq!(
+        face.landmark_names,
+        [
+            "right_eye",
+            "left_eye",
+            "nose_tip",
+            "mouth_right",
+            "mouth_left"
+        ],
+    );
+    assert_eq!(face.landmarks.len(), 5);
+    for (name, p) in face.landmark_names.iter().zip(&face.landmarks) {
+        assert!(
+            (got[0]..=got[2]).contains(&p.x) && (got[1]..=got[3]).contains(&p.y) && p.z == 0.0,
+            "{name} at {p:?} outside the box {got:?}"
+        );
+    }
+    let (right_eye, left_eye, mouth_right) =
+        (&face.landmarks[0], &face.landmarks[1], &face.landmarks[3]);
+    assert!(right_eye.x < left_eye.x, "{right_eye:?} {left_eye:?}");
+    assert!(right_eye.y < mouth_right.y, "{right_eye:?} {mouth_right:?}");
     drop(received);
 
     // Nobody subscribed to images so far: none were made.

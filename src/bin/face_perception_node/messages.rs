@@ -1,9 +1,11 @@
 //! Conversions between ROS messages and the perception core's types.
 
 use face_perception::classify::Classification;
+use face_perception::detect::{Landmarks, Point};
 use face_perception::frame::{Frame, RawImage};
 use face_perception::pipeline::{FaceResult, FrameResult};
 use r2r::face_perception_msgs::msg as fp;
+use r2r::geometry_msgs::msg::Point32;
 use r2r::sensor_msgs::msg::{Image, RegionOfInterest};
 use r2r::std_msgs::msg::Header;
 
@@ -49,6 +51,43 @@ fn classification(c: Option<&Classification>) -> fp::Classification {
     }
 }
 
+/// The landmarks' names (sides are the subject's, see Face.msg) and points.
+fn landmarks(l: Option<&Landmarks>) -> (Vec<String>, Vec<Point32>) {
+    let named: Vec<(&str, Point)> = match l {
+        None => Vec::new(),
+        // FivePointLandmarks name sides as seen in the image: the eye nearer
+        // the image's left edge is the subject's right eye.
+        Some(Landmarks::FivePoint(p)) => vec![
+            ("right_eye", p.eye_left),
+            ("left_eye", p.eye_right),
+            ("nose_tip", p.nose),
+            ("mouth_right", p.mouth_left),
+            ("mouth_left", p.mouth_right),
+        ],
+        Some(Landmarks::BlazeFace(k)) => vec![
+            ("right_eye", k.right_eye),
+            ("left_eye", k.left_eye),
+            ("nose_tip", k.nose_tip),
+            ("mouth_centre", k.mouth_centre),
+            ("right_ear_tragion", k.right_ear_tragion),
+            ("left_ear_tragion", k.left_ear_tragion),
+        ],
+    };
+    named
+        .into_iter()
+        .map(|(name, p)| {
+            (
+                name.to_string(),
+                Point32 {
+                    x: p.x,
+                    y: p.y,
+                    z: 0.0,
+                },
+            )
+        })
+        .unzip()
+}
+
 fn face(f: &FaceResult, width: u32, height: u32) -> fp::Face {
     // The box in whole pixels, clipped to the image.
     let x0 = f.bbox.x.floor().clamp(0.0, width as f32) as u32;
@@ -59,6 +98,7 @@ fn face(f: &FaceResult, width: u32, height: u32) -> fp::Face {
         Some(a) => (a.years, age_confidence(a.stddev)),
         None => (f32::NAN, f32::NAN),
     };
+    let (landmark_names, landmarks) = landmarks(f.landmarks.as_ref());
     fp::Face {
         id: f.id.clone(),
         roi: RegionOfInterest {
@@ -69,6 +109,8 @@ fn face(f: &FaceResult, width: u32, height: u32) -> fp::Face {
             do_rectify: false,
         },
         detection_confidence: f.score,
+        landmark_names,
+        landmarks,
         gender: classification(f.gender.as_ref()),
         emotion: classification(f.emotion.as_ref()),
         age_years,
