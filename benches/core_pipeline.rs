@@ -147,6 +147,7 @@ fn bench_stages(c: &mut Criterion) {
                 |b| b.iter(|| p.detect(black_box(&f)).unwrap()),
             );
         }
+        // With 2 threads the classifiers run side by side, one thread each.
         let f = frame(640, 480, 5);
         let faces = p.detect(&f).unwrap();
         group.bench_function(
@@ -205,6 +206,12 @@ fn bench_stages(c: &mut Criterion) {
     group.bench_function(
         BenchmarkId::new("classify_gender_emotion_int8_t1", &id),
         |b| b.iter(|| p.classify(black_box(&f), &faces).unwrap()),
+    );
+    // Two threads: int8 gender and fp32 emotion side by side, one thread each.
+    let mut p2 = pipeline_at(2, "int8", "dnn");
+    group.bench_function(
+        BenchmarkId::new("classify_gender_emotion_int8_t2", &id),
+        |b| b.iter(|| p2.classify(black_box(&f), &faces).unwrap()),
     );
     let (session, entry) = load_session(&manifest, "gender_int8", 1).unwrap();
     let mut gender = Classifier::new(ClassifierTask::Gender, session, &entry, faces.len()).unwrap();
