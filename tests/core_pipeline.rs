@@ -24,16 +24,23 @@ const PHOTOS: &str = "tests/fixtures/models/photos";
 const BOX_IOU_TOLERANCE: f32 = 0.9;
 /// Maximum landmark distance from the reference, in pixels.
 const LANDMARK_TOLERANCE_PX: f32 = 2.0;
-/// Minimum IoU between BlazeFace's boxes and the Python reference's (measured:
-/// 0.946 to 0.998). Not near 1: the reference letterboxes with Pillow's
-/// bilinear resize, the crate with OpenCV's area resize, and at 192 px one
-/// input pixel is 3 to 10 frame pixels, so a box edge moving by a fraction of
-/// an input pixel costs a few hundredths of IoU. 0.9 still fails a box that
-/// is off by a tenth of its size, or a letterbox mapped back wrongly.
+/// Minimum IoU between BlazeFace's boxes and the Python reference's (measured
+/// with weighted NMS on both sides: 0.929 to 0.998, mean 0.982). Not near 1:
+/// the reference letterboxes with Pillow's bilinear resize, the crate with
+/// OpenCV's area resize, and at 192 px one input pixel is 3 to 10 frame
+/// pixels, so a box edge moving by a fraction of an input pixel costs a few
+/// hundredths of IoU. 0.9 still fails a box that is off by a tenth of its
+/// size, or a letterbox mapped back wrongly.
 const BLAZEFACE_IOU_TOLERANCE: f32 = 0.9;
+/// Minimum mean IoU over all the reference's BlazeFace faces. Measured: 0.982
+/// with weighted NMS in both; greedy NMS in the crate against the weighted
+/// reference gives 0.929 (and 4 of 16 faces under 0.9), as 15 of the 16 faces
+/// merge 2 or 3 candidates, so this fails the wrong NMS even where every
+/// single face stays within the per-face tolerances.
+const BLAZEFACE_MEAN_IOU_TOLERANCE: f32 = 0.96;
 /// Maximum BlazeFace keypoint distance from the reference, as a fraction of
 /// the reference box width (same reason as the IoU tolerance; measured up to
-/// 0.058, an ear tragion on the 1920x1080 five-face frame).
+/// 0.046, on the 1920x1080 five-face frame; greedy NMS in the crate: 0.105).
 const BLAZEFACE_KEYPOINT_TOLERANCE: f32 = 0.08;
 
 fn repo() -> PathBuf {
@@ -195,6 +202,7 @@ fn centerface_matches_the_python_reference() {
 
 #[derive(serde::Deserialize)]
 struct BlazeFaceReference {
+    nms: String,
     photos: Vec<BlazeFacePhoto>,
 }
 
@@ -223,6 +231,8 @@ fn blazeface_matches_the_python_reference() {
     });
     assert_eq!(p.detector_name(), "blazeface");
     assert!(reference.photos.len() >= 10, "photos and benchmark frames");
+    assert_eq!(reference.nms, "weighted", "the crate's BlazeFace NMS");
+    let mut ious = Vec::new();
     for expected in &reference.photos {
         let name = &expected.file;
         let bytes = std::fs::read(repo().join(name)).unwrap();
@@ -235,6 +245,7 @@ fn blazeface_matches_the_python_reference() {
                 iou >= BLAZEFACE_IOU_TOLERANCE,
                 "{name}: IoU {iou} with {want_box:?}"
             );
+            ious.push(iou);
             let Some(Landmarks::BlazeFace(keypoints)) = best.landmarks else {
                 panic!("{name}: BlazeFace gives six keypoints: {best:?}");
             };
@@ -255,6 +266,12 @@ fn blazeface_matches_the_python_reference() {
             }
         }
     }
+    let mean = ious.iter().sum::<f32>() / ious.len() as f32;
+    assert!(
+        mean >= BLAZEFACE_MEAN_IOU_TOLERANCE,
+        "mean IoU {mean} over {} faces",
+        ious.len()
+    );
 }
 
 #[test]

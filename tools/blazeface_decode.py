@@ -5,11 +5,12 @@ The frame is letterboxed into the square network input: scaled by
 `((S - rw) // 2, (S - rh) // 2)` on black, normalised to [-1, 1]. Outputs are
 decoded against MediaPipe's SSD anchors (anchor centres only: every anchor has
 size 1, `fixed_anchor_size`), scores are the sigmoid of the logits, boxes
-above the threshold go through greedy NMS and are mapped back to the frame.
+above the threshold are mapped back to the frame and merged by weighted NMS
+(MediaPipe's rule for its face detector, see `weighted_nms`).
 
 Also a command: `python tools/blazeface_decode.py [--variant V] [--model FILE]
-[--threshold T] PHOTO...` prints the faces of each photo (JSON lines), run
-with ONNX Runtime on the converted model.
+[--threshold T] [--nms weighted|hard] PHOTO...` prints the faces of each
+photo (JSON lines), run with ONNX Runtime on the converted model.
 """
 
 from __future__ import annotations
@@ -112,6 +113,49 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def hard_nms(candidates: list[dict], nms_iou: float) -> list[dict]:
+    """Greedy NMS: best score first, a candidate overlapping a kept one by
+    IoU > nms_iou is dropped (the other backends' rule)."""
+    ordered = sorted(candidates, key=lambda d: -d["score"])
+    kept: list[dict] = []
+    for d in ordered:
+        if all(iou(d["box"], k["box"]) <= nms_iou for k in kept):
+            kept.append(d)
+    return kept
+
+
+def weighted_nms(candidates: list[dict], nms_iou: float) -> list[dict]:
+    """Weighted (blending) NMS. Candidates are taken in order of decreasing
+    score; the best remaining one and every remaining candidate whose IoU
+    with it exceeds nms_iou form a cluster, which is replaced by one face:
+    box and keypoints are the score-weighted means over the cluster, the
+    score is the best one's. The cluster is removed and the rest repeated.
+    The faces are those greedy NMS keeps (same count, same scores), only
+    their boxes and keypoints move."""
+    remaining = sorted(candidates, key=lambda d: -d["score"])
+    merged: list[dict] = []
+    while remaining:
+        top = remaining[0]
+        overlap = np.array([iou(top["box"], d["box"]) > nms_iou for d in remaining])
+        overlap[0] = True
+        cluster = [d for d, o in zip(remaining, overlap) if o]
+        remaining = [d for d, o in zip(remaining, overlap) if not o]
+        weights = np.array([d["score"] for d in cluster], dtype=np.float64)
+        weights /= weights.sum()
+        merged.append(
+            {
+                "box": np.tensordot(weights, np.stack([d["box"] for d in cluster]), axes=1),
+                "score": top["score"],
+                "keypoints": np.tensordot(weights, np.stack([d["keypoints"] for d in cluster]), axes=1),
+                "cluster": len(cluster),
+            }
+        )
+    return merged
+
+
+NMS = {"weighted": weighted_nms, "hard": hard_nms}
+
+
 def decode(
     regressors: np.ndarray,
     logits: np.ndarray,
@@ -119,8 +163,11 @@ def decode(
     box: Letterbox,
     threshold: float = SCORE_THRESHOLD,
     nms_iou: float = NMS_IOU,
+    nms: str = "weighted",
 ) -> list[dict]:
-    """Faces of one image: regressors [A, 16], logits [A, 1] -> boxes in frame pixels."""
+    """Faces of one image: regressors [A, 16], logits [A, 1] -> boxes in frame
+    pixels (not clipped), best score first, merged by `nms` ("weighted", the
+    shipped rule, or "hard")."""
     centres = anchor_centres(ANCHORS[variant])
     scores = 1.0 / (1.0 + np.exp(-np.clip(logits[:, 0], -LOGIT_LIMIT, LOGIT_LIMIT)))
     candidates = []
@@ -140,12 +187,7 @@ def decode(
                 "keypoints": np.stack([fx[2:], fy[2:]], axis=1),
             }
         )
-    candidates.sort(key=lambda d: -d["score"])
-    kept: list[dict] = []
-    for d in candidates:
-        if all(iou(d["box"], k["box"]) <= nms_iou for k in kept):
-            kept.append(d)
-    return kept
+    return NMS[nms](candidates, nms_iou)
 
 
 def as_json(face: dict) -> dict:
@@ -163,6 +205,7 @@ def main() -> int:
     parser.add_argument("--variant", choices=sorted(ANCHORS), default="full_range")
     parser.add_argument("--model", type=Path)
     parser.add_argument("--threshold", type=float, default=SCORE_THRESHOLD)
+    parser.add_argument("--nms", choices=sorted(NMS), default="weighted")
     parser.add_argument("photos", nargs="+", type=Path)
     args = parser.parse_args()
     model = args.model or MODELS_DIR / f"blazeface_{args.variant}.onnx"
@@ -172,7 +215,7 @@ def main() -> int:
         rgb = np.asarray(Image.open(photo).convert("RGB"))
         tensor, box = network_input(rgb, size)
         regressors, logits = session.run(["regressors", "classificators"], {"input": tensor})
-        faces = decode(regressors[0], logits[0], args.variant, box, args.threshold)
+        faces = decode(regressors[0], logits[0], args.variant, box, args.threshold, nms=args.nms)
         print(json.dumps({"file": str(photo), "width": rgb.shape[1], "height": rgb.shape[0],
                           "faces": [as_json(f) for f in faces]}))
     return 0

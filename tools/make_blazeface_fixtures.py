@@ -7,8 +7,9 @@ pinned wheel, so it is independent of tools/convert_blazeface.py:
 * golden/face_detector.*: the astronaut letterboxed into the 192 x 192 input
   and the interpreter's raw outputs (regressors, classificators);
 * blazeface.json: the faces the interpreter's outputs decode to
-  (tools/blazeface_decode.py, the manifest's threshold and NMS IoU) on every
-  test photo and benchmark frame: what the Rust detector must find;
+  (tools/blazeface_decode.py: the manifest's threshold and NMS IoU, weighted
+  NMS, each face with the number of candidates merged into it) on every test
+  photo and benchmark frame: what the Rust detector must find;
 * blazeface_fidelity.json: largest |ONNX Runtime - interpreter| of the raw
   outputs on every one of those images.
 
@@ -100,7 +101,7 @@ def main() -> int:
         fidelity[relative] = {n: float(np.abs(a - e).max()) for n, a, e in zip(names, actual, expected)}
         faces = decode(expected[0][0], expected[1][0], VARIANT, box, threshold, nms_iou)
         photos.append({"file": relative, "width": rgb.shape[1], "height": rgb.shape[0],
-                       "faces": [as_json(f) for f in faces]})
+                       "faces": [{**as_json(f), "cluster": f["cluster"]} for f in faces]})
         if relative.endswith("astronaut.jpg"):
             GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
             header = {
@@ -118,10 +119,13 @@ def main() -> int:
         "model": MODEL_NAME,
         "score_threshold": threshold,
         "nms_iou": nms_iou,
+        "nms": "weighted",
         "note": "Faces decoded (tools/blazeface_decode.py) from the TensorFlow Lite interpreter's outputs on the "
-                "original flatbuffer; boxes [x1, y1, x2, y2] and keypoints (x, y) in image pixels; network input = "
-                "the image letterboxed (PIL bilinear) into 192x192. Keypoints: right eye, left eye, nose tip, "
-                "mouth centre, right ear tragion, left ear tragion (subject's sides).",
+                "original flatbuffer; boxes [x1, y1, x2, y2] and keypoints (x, y) in image pixels, not clipped; "
+                "network input = the image letterboxed (PIL bilinear) into 192x192. Weighted NMS: each face is the "
+                "score-weighted mean box and keypoints of a cluster of `cluster` candidates, with the best one's "
+                "score. Keypoints: right eye, left eye, nose tip, mouth centre, right ear tragion, left ear tragion "
+                "(subject's sides).",
         "photos": photos,
     }
     (FIXTURES / "blazeface.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -5,14 +5,18 @@
 //! The frame is letterboxed into the input (scaled to fit, centred on black),
 //! the anchors are MediaPipe's SSD anchors from the manifest's
 //! `[model.decode]` (`decoder = "ssd_anchors"`), and boxes and keypoints are
-//! mapped back to frame pixels by undoing the letterbox; `models/README.md`
-//! documents the decoding, `tools/blazeface_decode.py` is its reference. The
+//! mapped back to frame pixels by undoing the letterbox. Overlapping
+//! detections are merged by weighted NMS
+//! ([`weighted_non_max_suppression`](super::weighted_non_max_suppression),
+//! MediaPipe's rule for this detector: score-weighted mean box and keypoints)
+//! rather than the other backends' greedy NMS. `models/README.md` documents
+//! the decoding, `tools/blazeface_decode.py` is its reference. The
 //! anchors, the letterbox canvas and the input tensor are built once; only
 //! the resized frame's buffer follows the frame size.
 
 use super::{
-    check_interface, filter_detections, output_tensor, BlazeFaceKeypoints, DetectError, Detection,
-    FaceBox, FaceDetector, Landmarks, Normalization, Point,
+    check_interface, output_tensor, weighted_non_max_suppression, BlazeFaceKeypoints, DetectError,
+    Detection, FaceBox, FaceDetector, Landmarks, Normalization, Point,
 };
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
@@ -240,12 +244,10 @@ impl BlazeFace {
     }
 
     /// Runs the network on the prepared input and decodes the faces above
-    /// `score_threshold` (before filtering) in frame pixels.
+    /// `score_threshold` (before NMS) in frame pixels, boxes not yet clipped.
     fn infer(
         &mut self,
         letterbox: &Letterbox,
-        frame_width: f32,
-        frame_height: f32,
         score_threshold: f32,
     ) -> Result<Vec<Detection>, DetectError> {
         let inference = |e: ort::Error| DetectError::Inference(e.to_string());
@@ -298,7 +300,7 @@ impl BlazeFace {
                 height: bottom_right.y - top_left.y,
             };
             detections.push(Detection {
-                bbox: bbox.clipped(frame_width, frame_height),
+                bbox,
                 score,
                 landmarks: Some(Landmarks::BlazeFace(BlazeFaceKeypoints::from_points(
                     points,
@@ -319,13 +321,18 @@ impl FaceDetector for BlazeFace {
             return Ok(Vec::new());
         }
         let letterbox = self.prepare(frame)?;
-        let mut detections = self.infer(
-            &letterbox,
-            frame.width() as f32,
-            frame.height() as f32,
-            params.score_threshold,
-        )?;
-        filter_detections(&mut detections, params);
+        // Score threshold (in `infer`), then weighted NMS on the unclipped
+        // boxes (as the reference: clipping first would pull a cluster at the
+        // frame's edge inwards), then clipping, minimum size and `max_faces`
+        // on the merged faces, best score first.
+        let mut detections = self.infer(&letterbox, params.score_threshold)?;
+        weighted_non_max_suppression(&mut detections, params.nms_iou);
+        let (width, height) = (frame.width() as f32, frame.height() as f32);
+        for d in &mut detections {
+            d.bbox = d.bbox.clipped(width, height);
+        }
+        detections.retain(|d| d.bbox.width.min(d.bbox.height) >= params.min_face_size);
+        detections.truncate(params.max_faces);
         Ok(detections)
     }
 

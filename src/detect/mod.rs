@@ -406,6 +406,111 @@ pub fn non_max_suppression(detections: &mut Vec<Detection>, iou: f32) {
     *detections = kept;
 }
 
+/// Weighted (blending) non-maximum suppression, the rule MediaPipe's face
+/// detector applies to BlazeFace. Detections are taken in order of
+/// decreasing score: the best remaining one and every remaining detection
+/// whose IoU with it exceeds `iou` form a cluster, which becomes one
+/// detection whose box is the score-weighted mean of the cluster's boxes,
+/// whose landmarks are the score-weighted mean of the landmarks of the members
+/// that have the best one's scheme (none when it has none), and whose score is
+/// the best one's. The cluster is removed and the rest treated the same way.
+///
+/// The clusters' best detections are exactly the ones
+/// [`non_max_suppression`] keeps (same count, scores and order); only their
+/// boxes and landmarks move. Unlike greedy NMS, a merged box may overlap
+/// another output by more than `iou`. Sorts by decreasing score.
+pub fn weighted_non_max_suppression(detections: &mut Vec<Detection>, iou: f32) {
+    detections.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut remaining = std::mem::take(detections);
+    let mut cluster: Vec<Detection> = Vec::new();
+    let mut rest: Vec<Detection> = Vec::with_capacity(remaining.len());
+    while !remaining.is_empty() {
+        let top = remaining[0].bbox;
+        for (i, d) in remaining.drain(..).enumerate() {
+            if i == 0 || top.iou(&d.bbox) > iou {
+                cluster.push(d);
+            } else {
+                rest.push(d);
+            }
+        }
+        detections.push(blend_cluster(&cluster));
+        cluster.clear();
+        std::mem::swap(&mut remaining, &mut rest);
+    }
+}
+
+/// One detection from a cluster whose first member has the best score: see
+/// [`weighted_non_max_suppression`]. A cluster whose weights do not add up to
+/// a positive finite number (zero or non-finite scores) gives its best member.
+fn blend_cluster(cluster: &[Detection]) -> Detection {
+    let top = &cluster[0];
+    let total: f32 = cluster.iter().map(|d| d.score).sum();
+    if cluster.len() == 1 || !(total.is_finite() && total > 0.0) {
+        return top.clone();
+    }
+    let mut bbox = FaceBox::default();
+    for d in cluster {
+        let w = d.score / total;
+        bbox.x += w * d.bbox.x;
+        bbox.y += w * d.bbox.y;
+        bbox.width += w * d.bbox.width;
+        bbox.height += w * d.bbox.height;
+    }
+    Detection {
+        bbox,
+        score: top.score,
+        landmarks: top.landmarks.map(|scheme| blend_landmarks(scheme, cluster)),
+    }
+}
+
+/// The score-weighted mean of the landmarks of the cluster members whose
+/// landmarks have the same scheme as `scheme` (the best member's).
+fn blend_landmarks(scheme: Landmarks, cluster: &[Detection]) -> Landmarks {
+    fn mean<const N: usize>(members: &[([Point; N], f32)]) -> [Point; N] {
+        let total: f32 = members.iter().map(|(_, w)| w).sum();
+        let mut out = [Point::default(); N];
+        for (points, w) in members {
+            for (o, p) in out.iter_mut().zip(points) {
+                o.x += w / total * p.x;
+                o.y += w / total * p.y;
+            }
+        }
+        out
+    }
+    match scheme {
+        Landmarks::FivePoint(_) => {
+            let members: Vec<([Point; 5], f32)> = cluster
+                .iter()
+                .filter_map(|d| match d.landmarks {
+                    Some(Landmarks::FivePoint(l)) => Some((l.points(), d.score)),
+                    _ => None,
+                })
+                .collect();
+            Landmarks::FivePoint(FivePointLandmarks::from_points(mean(&members)))
+        }
+        Landmarks::BlazeFace(_) => {
+            let members: Vec<([Point; 6], f32)> = cluster
+                .iter()
+                .filter_map(|d| match d.landmarks {
+                    Some(Landmarks::BlazeFace(k)) => Some((
+                        [
+                            k.right_eye,
+                            k.left_eye,
+                            k.nose_tip,
+                            k.mouth_centre,
+                            k.right_ear_tragion,
+                            k.left_ear_tragion,
+                        ],
+                        d.score,
+                    )),
+                    _ => None,
+                })
+                .collect();
+            Landmarks::BlazeFace(BlazeFaceKeypoints::from_points(mean(&members)))
+        }
+    }
+}
+
 /// The common tail of every backend: drop faces below the score threshold or
 /// the minimum size, suppress overlaps, keep the `max_faces` best.
 pub fn filter_detections(detections: &mut Vec<Detection>, params: &DetectorConfig) {
@@ -567,6 +672,135 @@ mod tests {
         non_max_suppression(&mut d, 0.3);
         let scores: Vec<f32> = d.iter().map(|d| d.score).collect();
         assert_eq!(scores, [0.9, 0.7]);
+    }
+
+    /// A BlazeFace detection whose six keypoints are `(x + k, y + 2k)`.
+    fn blaze(x: f32, y: f32, side: f32, score: f32) -> Detection {
+        let points = std::array::from_fn(|k| Point {
+            x: x + k as f32,
+            y: y + 2.0 * k as f32,
+        });
+        Detection {
+            landmarks: Some(Landmarks::BlazeFace(BlazeFaceKeypoints::from_points(
+                points,
+            ))),
+            ..det(x, y, side, score)
+        }
+    }
+
+    fn keypoints(d: &Detection) -> [Point; 6] {
+        let Some(Landmarks::BlazeFace(k)) = d.landmarks else {
+            panic!("no BlazeFace keypoints: {d:?}");
+        };
+        [
+            k.right_eye,
+            k.left_eye,
+            k.nose_tip,
+            k.mouth_centre,
+            k.right_ear_tragion,
+            k.left_ear_tragion,
+        ]
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() < 1e-4
+    }
+
+    #[test]
+    fn weighted_nms_blends_a_cluster() {
+        // Three overlapping boxes (pairwise IoU 0.6 to 0.8) and one far away.
+        let mut d = vec![
+            blaze(2.0, 0.0, 10.0, 0.6),
+            blaze(0.0, 0.0, 10.0, 0.9),
+            blaze(50.0, 50.0, 10.0, 0.7),
+            blaze(0.0, 1.0, 12.0, 0.5),
+        ];
+        weighted_non_max_suppression(&mut d, 0.3);
+        assert_eq!(d.len(), 2);
+        let scores: Vec<f32> = d.iter().map(|d| d.score).collect();
+        assert_eq!(scores, [0.9, 0.7], "the best member's score");
+        // Weights 0.9, 0.6, 0.5 over 2.0.
+        let (w0, w1, w2) = (0.45, 0.3, 0.25);
+        let b = d[0].bbox;
+        assert!(close(b.x, w1 * 2.0), "{b:?}");
+        assert!(close(b.y, w2 * 1.0), "{b:?}");
+        assert!(close(b.width, w0 * 10.0 + w1 * 10.0 + w2 * 12.0), "{b:?}");
+        assert!(close(b.height, b.width), "{b:?}");
+        for (k, p) in keypoints(&d[0]).iter().enumerate() {
+            let k = k as f32;
+            assert!(close(p.x, w1 * 2.0 + k), "keypoint {k}: {p:?}");
+            assert!(close(p.y, w2 * 1.0 + 2.0 * k), "keypoint {k}: {p:?}");
+        }
+        // The lone box is untouched.
+        assert_eq!(d[1], blaze(50.0, 50.0, 10.0, 0.7));
+    }
+
+    #[test]
+    fn weighted_nms_leaves_separate_boxes_alone() {
+        let mut d = vec![
+            blaze(0.0, 0.0, 10.0, 0.6),
+            blaze(20.0, 0.0, 10.0, 0.9),
+            blaze(40.0, 0.0, 10.0, 0.7),
+        ];
+        let expected = [d[1].clone(), d[2].clone(), d[0].clone()];
+        weighted_non_max_suppression(&mut d, 0.3);
+        assert_eq!(d, expected, "unchanged, best score first");
+        let mut none: Vec<Detection> = Vec::new();
+        weighted_non_max_suppression(&mut none, 0.3);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn weighted_nms_respects_the_threshold() {
+        // IoU of boxes shifted by 5 of 10 px: 50 / 150 = 1/3.
+        let pair = || vec![det(0.0, 0.0, 10.0, 0.9), det(5.0, 0.0, 10.0, 0.3)];
+        let mut above = pair();
+        weighted_non_max_suppression(&mut above, 0.3);
+        assert_eq!(above.len(), 1);
+        assert!(close(above[0].bbox.x, 5.0 * 0.25), "{above:?}");
+        assert_eq!(above[0].landmarks, None, "the best member has none");
+        let mut below = pair();
+        weighted_non_max_suppression(&mut below, 0.34);
+        assert_eq!(below, pair(), "IoU 1/3 <= 0.34: two faces");
+        // Membership is decided against the cluster's best box only: the
+        // third box overlaps the second (IoU 1/3) but not the first, and is
+        // left for a cluster of its own.
+        let mut chain = vec![
+            det(0.0, 0.0, 10.0, 0.9),
+            det(5.0, 0.0, 10.0, 0.8),
+            det(10.0, 0.0, 10.0, 0.7),
+        ];
+        weighted_non_max_suppression(&mut chain, 0.3);
+        let xs: Vec<f32> = chain.iter().map(|d| d.bbox.x).collect();
+        assert_eq!(chain.len(), 2, "{chain:?}");
+        assert!(close(xs[0], 5.0 * 0.8 / 1.7) && xs[1] == 10.0, "{xs:?}");
+    }
+
+    #[test]
+    fn weighted_nms_keeps_the_faces_greedy_nms_keeps() {
+        // Pseudo-random boxes: the clusters' best members are greedy NMS's
+        // survivors (same scores, same order), and each blended box overlaps
+        // its survivor.
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 1000) as f32 / 1000.0
+        };
+        for _ in 0..50 {
+            let d: Vec<Detection> = (0..20)
+                .map(|_| blaze(next() * 60.0, next() * 60.0, 10.0 + next() * 20.0, next()))
+                .collect();
+            let (mut hard, mut weighted) = (d.clone(), d);
+            non_max_suppression(&mut hard, 0.3);
+            weighted_non_max_suppression(&mut weighted, 0.3);
+            assert_eq!(hard.len(), weighted.len());
+            for (h, w) in hard.iter().zip(&weighted) {
+                assert_eq!(h.score, w.score);
+                assert!(h.bbox.iou(&w.bbox) > 0.3, "{h:?} vs {w:?}");
+            }
+        }
     }
 
     #[test]
