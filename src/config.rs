@@ -148,7 +148,8 @@ pub struct RawConfig {
     pub detector: String,
     /// Minimum detection score, in (0, 1].
     pub score_threshold: f64,
-    /// Non-maximum suppression IoU, in (0, 1].
+    /// Non-maximum suppression IoU, in (0, 1] (BlazeFace: the IoU above
+    /// which detections are merged into their score-weighted mean).
     pub nms_iou: f64,
     /// Minimum face side in frame pixels, >= 0.
     pub min_face_size: i64,

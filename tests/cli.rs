@@ -59,6 +59,35 @@ fn astronaut_gives_one_female_happy_face_as_json() {
     assert!((total - 1.0).abs() < 1e-3, "{total}");
     assert!(face["gender"]["probabilities"]["female"].as_f64().unwrap() > 0.5);
     assert!(face.get("age").is_none());
+    // CenterFace's five named landmarks, in the box, the subject's right eye
+    // nearer the image's left edge.
+    let landmarks = face["landmarks"].as_object().unwrap();
+    let mut names: Vec<&str> = landmarks.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "left_eye",
+            "mouth_left",
+            "mouth_right",
+            "nose_tip",
+            "right_eye"
+        ]
+    );
+    let b: Vec<f64> = face["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (name, xy) in landmarks {
+        let (x, y) = (xy[0].as_f64().unwrap(), xy[1].as_f64().unwrap());
+        assert!(
+            (b[0]..=b[0] + b[2]).contains(&x) && (b[1]..=b[1] + b[3]).contains(&y),
+            "{name} at ({x}, {y}) outside the box {b:?}"
+        );
+    }
+    assert!(landmarks["right_eye"][0].as_f64() < landmarks["left_eye"][0].as_f64());
     for stage in ["detect", "classify", "total"] {
         assert!(
             image["timings_ms"][stage].as_f64().unwrap() >= 0.0,
@@ -83,6 +112,7 @@ fn keys_come_in_the_documented_order() {
         "id",
         "box",
         "score",
+        "landmarks",
         "gender",
         "emotion",
         "timings_ms",

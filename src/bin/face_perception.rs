@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use face_perception::classify::Classification;
 use face_perception::config::{Config, RawConfig};
+use face_perception::detect::Landmarks;
 use face_perception::frame::{Frame, FrameError, FrameLimits};
 use face_perception::pipeline::{Explain, FaceResult, FrameRequest, FrameResult, Pipeline};
 use face_perception::saliency::SaliencyMethod;
@@ -344,12 +345,36 @@ struct AgeRecord {
     stddev: f64,
 }
 
+/// Named points, serialised as a JSON object in the detector's order.
+struct NamedPoints(Vec<(&'static str, [f64; 2])>);
+
+impl NamedPoints {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<(&'static str, [f64; 2])>> for NamedPoints {
+    fn from(points: Vec<(&'static str, [f64; 2])>) -> Self {
+        Self(points)
+    }
+}
+
+impl Serialize for NamedPoints {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, xy)| (name, xy)))
+    }
+}
+
 #[derive(Serialize)]
 struct FaceRecord<'a> {
     id: &'a str,
     #[serde(rename = "box")]
     bbox: [f64; 4],
     score: f64,
+    /// Facial keypoints by name, `[x, y]` in pixels (none from Haar).
+    #[serde(skip_serializing_if = "NamedPoints::is_empty")]
+    landmarks: NamedPoints,
     #[serde(skip_serializing_if = "Option::is_none")]
     gender: Option<ClassRecord<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -367,6 +392,18 @@ impl<'a> FaceRecord<'a> {
                 .to_array()
                 .map(|v| round_to(f64::from(v), BOX_DECIMALS)),
             score: round_to(f64::from(face.score), PROBABILITY_DECIMALS),
+            landmarks: face
+                .landmarks
+                .as_ref()
+                .map(Landmarks::named_points)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, p)| {
+                    let at = |v: f32| round_to(f64::from(v), BOX_DECIMALS);
+                    (name, [at(p.x), at(p.y)])
+                })
+                .collect::<Vec<_>>()
+                .into(),
             gender: face.gender.as_ref().map(ClassRecord::new),
             emotion: face.emotion.as_ref().map(ClassRecord::new),
             age: face.age.as_ref().map(|a| AgeRecord {

@@ -6,8 +6,9 @@
 //!
 //! All share the parameters of [`DetectorConfig`]: detections below the score
 //! threshold or the minimum face size are dropped, overlapping ones suppressed
-//! (non-maximum suppression at `nms_iou`), and the `max_faces` highest-scoring
-//! kept. CenterFace and Haar downscale frames whose longest side exceeds
+//! (non-maximum suppression at `nms_iou`; BlazeFace merges each overlapping
+//! group into its score-weighted mean instead, as MediaPipe does), and the
+//! `max_faces` highest-scoring kept. CenterFace and Haar downscale frames whose longest side exceeds
 //! `max_side`; BlazeFace letterboxes every frame into its fixed square input.
 //! Boxes are always in frame pixels.
 
@@ -183,6 +184,33 @@ pub enum Landmarks {
 }
 
 impl Landmarks {
+    /// Every point with its name, in the detector's order. Sides are the
+    /// subject's: in an unmirrored image of a face looking at the camera, the
+    /// right eye is the one nearer the image's left edge. Five-point:
+    /// `right_eye`, `left_eye`, `nose_tip`, `mouth_right`, `mouth_left`;
+    /// BlazeFace: `right_eye`, `left_eye`, `nose_tip`, `mouth_centre`,
+    /// `right_ear_tragion`, `left_ear_tragion`.
+    pub fn named_points(&self) -> Vec<(&'static str, Point)> {
+        match self {
+            // FivePointLandmarks name sides as seen in the image.
+            Self::FivePoint(p) => vec![
+                ("right_eye", p.eye_left),
+                ("left_eye", p.eye_right),
+                ("nose_tip", p.nose),
+                ("mouth_right", p.mouth_left),
+                ("mouth_left", p.mouth_right),
+            ],
+            Self::BlazeFace(k) => vec![
+                ("right_eye", k.right_eye),
+                ("left_eye", k.left_eye),
+                ("nose_tip", k.nose_tip),
+                ("mouth_centre", k.mouth_centre),
+                ("right_ear_tragion", k.right_ear_tragion),
+                ("left_ear_tragion", k.left_ear_tragion),
+            ],
+        }
+    }
+
     /// The eyes, the one nearer the image's left edge first (for an upright,
     /// unmirrored face).
     pub fn eyes(&self) -> (Point, Point) {

@@ -1,7 +1,7 @@
 //! Conversions between ROS messages and the perception core's types.
 
 use face_perception::classify::Classification;
-use face_perception::detect::{Landmarks, Point};
+use face_perception::detect::Landmarks;
 use face_perception::frame::{Frame, RawImage};
 use face_perception::pipeline::{FaceResult, FrameResult};
 use r2r::face_perception_msgs::msg as fp;
@@ -53,27 +53,8 @@ fn classification(c: Option<&Classification>) -> fp::Classification {
 
 /// The landmarks' names (sides are the subject's, see Face.msg) and points.
 fn landmarks(l: Option<&Landmarks>) -> (Vec<String>, Vec<Point32>) {
-    let named: Vec<(&str, Point)> = match l {
-        None => Vec::new(),
-        // FivePointLandmarks name sides as seen in the image: the eye nearer
-        // the image's left edge is the subject's right eye.
-        Some(Landmarks::FivePoint(p)) => vec![
-            ("right_eye", p.eye_left),
-            ("left_eye", p.eye_right),
-            ("nose_tip", p.nose),
-            ("mouth_right", p.mouth_left),
-            ("mouth_left", p.mouth_right),
-        ],
-        Some(Landmarks::BlazeFace(k)) => vec![
-            ("right_eye", k.right_eye),
-            ("left_eye", k.left_eye),
-            ("nose_tip", k.nose_tip),
-            ("mouth_centre", k.mouth_centre),
-            ("right_ear_tragion", k.right_ear_tragion),
-            ("left_ear_tragion", k.left_ear_tragion),
-        ],
-    };
-    named
+    l.map(Landmarks::named_points)
+        .unwrap_or_default()
         .into_iter()
         .map(|(name, p)| {
             (
