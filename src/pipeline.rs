@@ -37,7 +37,7 @@ use crate::frame::Frame;
 use crate::manifest::{self, Manifest, ManifestError, ModelEntry};
 use crate::render::{self, RenderError};
 use crate::runtime::{self, RuntimeError};
-use crate::saliency::stage::{FrameSaliency, SaliencyStage};
+use crate::saliency::stage::{FrameSaliency, SaliencyJob, SaliencyStage};
 use crate::saliency::{SaliencyError, SaliencyMethod};
 use crate::track::Tracker;
 use ndarray::Array4;
@@ -635,6 +635,7 @@ impl Pipeline {
         let mut explained_batches = Vec::new();
         let mut gradient_time = Duration::ZERO;
         let mut plain = Vec::new();
+        let mut explaining = Vec::new();
         let mut classified = ClassifiedFaces::default();
         for (task, slot) in [
             (ClassifierTask::Gender, &mut self.gender),
@@ -644,31 +645,36 @@ impl Pipeline {
             let Some(c) = slot.as_mut() else {
                 continue;
             };
-            let explain_with = match (manifest, explain_method) {
-                (Some(manifest), Some(method)) if explained(task) => Some((manifest, method)),
-                _ => None,
-            };
-            let Some((manifest, method)) = explain_with else {
+            if manifest.is_some() && explain_method.is_some() && explained(task) {
+                c.prepare(frame, &detections, align)?;
+                explaining.push((task, c));
+            } else {
                 plain.push((task, c));
-                continue;
-            };
-            c.prepare(frame, &detections, align)?;
-            let started = Instant::now();
-            let batch = self
-                .saliency
-                .run(manifest, task, method, c.last_batch(), None)?;
-            gradient_time += started.elapsed();
-            let classes = batch
-                .scores
-                .outer_iter()
-                .map(|scores| {
-                    let mut p = scores.to_vec();
-                    softmax_in_place(&mut p);
-                    Classification::from_probabilities(c.labels().clone(), p)
-                })
+            }
+        }
+        if let (Some(manifest), Some(method), false) =
+            (manifest, explain_method, explaining.is_empty())
+        {
+            let jobs: Vec<SaliencyJob<'_>> = explaining
+                .iter()
+                .map(|(task, c)| (*task, c.last_batch()))
                 .collect();
-            explained_batches.push((task, batch, c.last_chips().to_vec()));
-            *classified.slot_mut(task) = Some(classes);
+            let started = Instant::now();
+            let batches = self.saliency.run_each(manifest, method, &jobs)?;
+            gradient_time += started.elapsed();
+            for ((task, c), batch) in explaining.iter().zip(batches) {
+                let classes = batch
+                    .scores
+                    .outer_iter()
+                    .map(|scores| {
+                        let mut p = scores.to_vec();
+                        softmax_in_place(&mut p);
+                        Classification::from_probabilities(c.labels().clone(), p)
+                    })
+                    .collect();
+                explained_batches.push((*task, batch, c.last_chips().to_vec()));
+                *classified.slot_mut(*task) = Some(classes);
+            }
         }
         let (tasks, classifiers): (Vec<_>, Vec<_>) = plain.into_iter().unzip();
         let parallel = classifiers_in_parallel(&self.config);

@@ -357,7 +357,8 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
     // With 2 intra-op threads the classifiers run side by side, one thread
     // each; with 1 thread one after the other. Same faces, same
     // probabilities for every classifier, also when one of them is explained
-    // (its gradient graph runs first, the others side by side after it).
+    // (its gradient graph runs first, the others side by side after it) and
+    // when both are explained (their gradient graphs side by side).
     // Tolerance 1e-5: the sessions' thread counts differ, which may change
     // a kernel's summation order.
     let frame = photo("group.jpg");
@@ -377,9 +378,28 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
         }),
         ..FrameRequest::default()
     };
-    for request in [FrameRequest::default(), explain_gender] {
+    let explain_both = FrameRequest {
+        explain: Some(Explain::all(SaliencyMethod::Guided)),
+        ..FrameRequest::default()
+    };
+    for request in [FrameRequest::default(), explain_gender, explain_both] {
         let a = sequential.process(&frame, &request).unwrap();
         let b = side_by_side.process(&frame, &request).unwrap();
+        // The same saliency images, classifier by classifier (rendered to
+        // 8 bits: one level of difference allowed for the thread counts).
+        assert_eq!(a.saliency_images.len(), b.saliency_images.len());
+        for (x, y) in a.saliency_images.iter().zip(&b.saliency_images) {
+            assert_eq!(x.task, y.task);
+            let worst = x
+                .overlay
+                .data()
+                .iter()
+                .zip(y.overlay.data())
+                .map(|(p, q)| p.abs_diff(*q))
+                .max()
+                .unwrap_or(0);
+            assert!(worst <= 1, "{:?} overlays differ by {worst}", x.task);
+        }
         assert_eq!(a.faces.len(), 3);
         assert_eq!(a.faces.len(), b.faces.len());
         for (i, (fa, fb)) in a.faces.iter().zip(&b.faces).enumerate() {

