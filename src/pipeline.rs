@@ -392,6 +392,24 @@ fn classify_each(
     })
 }
 
+/// [`classify_each`] over `(task, classifier)` pairs, each result stored in
+/// its task's slot of `into`.
+fn classify_into(
+    into: &mut ClassifiedFaces,
+    jobs: Vec<(ClassifierTask, &mut Classifier)>,
+    frame: &Frame,
+    faces: &[Detection],
+    align: bool,
+    parallel: bool,
+) -> Result<(), ClassifyError> {
+    let (tasks, classifiers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+    let results = classify_each(classifiers, frame, faces, align, parallel)?;
+    for (task, result) in tasks.into_iter().zip(results) {
+        *into.slot_mut(task) = Some(result);
+    }
+    Ok(())
+}
+
 fn load_classifier(
     task: ClassifierTask,
     config: &Config,
@@ -566,19 +584,16 @@ impl Pipeline {
     ) -> Result<ClassifiedFaces, PipelineError> {
         let align = self.config.classifiers().align_faces;
         let parallel = classifiers_in_parallel(&self.config);
-        let (tasks, classifiers): (Vec<_>, Vec<_>) = [
+        let jobs = [
             (ClassifierTask::Gender, &mut self.gender),
             (ClassifierTask::Emotion, &mut self.emotion),
             (ClassifierTask::Age, &mut self.age),
         ]
         .into_iter()
         .filter_map(|(task, slot)| slot.as_mut().map(|c| (task, c)))
-        .unzip();
-        let results = classify_each(classifiers, frame, faces, align, parallel)?;
+        .collect();
         let mut classified = ClassifiedFaces::default();
-        for (task, result) in tasks.into_iter().zip(results) {
-            *classified.slot_mut(task) = Some(result);
-        }
+        classify_into(&mut classified, jobs, frame, faces, align, parallel)?;
         Ok(classified)
     }
 
@@ -645,7 +660,7 @@ impl Pipeline {
             let Some(c) = slot.as_mut() else {
                 continue;
             };
-            if manifest.is_some() && explain_method.is_some() && explained(task) {
+            if manifest.is_some() && explained(task) {
                 c.prepare(frame, &detections, align)?;
                 explaining.push((task, c));
             } else {
@@ -676,12 +691,8 @@ impl Pipeline {
                 *classified.slot_mut(*task) = Some(classes);
             }
         }
-        let (tasks, classifiers): (Vec<_>, Vec<_>) = plain.into_iter().unzip();
         let parallel = classifiers_in_parallel(&self.config);
-        let results = classify_each(classifiers, frame, &detections, align, parallel)?;
-        for (task, result) in tasks.into_iter().zip(results) {
-            *classified.slot_mut(task) = Some(result);
-        }
+        classify_into(&mut classified, plain, frame, &detections, align, parallel)?;
         let classified_at = Instant::now();
 
         let boxes: Vec<FaceBox> = detections.iter().map(|d| d.bbox).collect();
