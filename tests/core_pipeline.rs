@@ -249,14 +249,7 @@ fn blazeface_matches_the_python_reference() {
             let Some(Landmarks::BlazeFace(keypoints)) = best.landmarks else {
                 panic!("{name}: BlazeFace gives six keypoints: {best:?}");
             };
-            let got = [
-                keypoints.right_eye,
-                keypoints.left_eye,
-                keypoints.nose_tip,
-                keypoints.mouth_centre,
-                keypoints.right_ear_tragion,
-                keypoints.left_ear_tragion,
-            ];
+            let got = keypoints.points();
             for (p, [x, y]) in got.iter().zip(want.keypoints) {
                 let d = ((p.x - x).powi(2) + (p.y - y).powi(2)).sqrt() / want_box.width;
                 assert!(

@@ -160,6 +160,18 @@ pub struct BlazeFaceKeypoints {
 }
 
 impl BlazeFaceKeypoints {
+    /// The six points in the network's order.
+    pub fn points(&self) -> [Point; 6] {
+        [
+            self.right_eye,
+            self.left_eye,
+            self.nose_tip,
+            self.mouth_centre,
+            self.right_ear_tragion,
+            self.left_ear_tragion,
+        ]
+    }
+
     /// Builds keypoints from six points in the network's order.
     pub fn from_points(p: [Point; 6]) -> Self {
         Self {
@@ -191,23 +203,26 @@ impl Landmarks {
     /// BlazeFace: `right_eye`, `left_eye`, `nose_tip`, `mouth_centre`,
     /// `right_ear_tragion`, `left_ear_tragion`.
     pub fn named_points(&self) -> Vec<(&'static str, Point)> {
+        // FivePointLandmarks name sides as seen in the image: its first eye
+        // and mouth corner are the subject's right ones.
+        const FIVE_POINT: [&str; 5] = [
+            "right_eye",
+            "left_eye",
+            "nose_tip",
+            "mouth_right",
+            "mouth_left",
+        ];
+        const BLAZEFACE: [&str; 6] = [
+            "right_eye",
+            "left_eye",
+            "nose_tip",
+            "mouth_centre",
+            "right_ear_tragion",
+            "left_ear_tragion",
+        ];
         match self {
-            // FivePointLandmarks name sides as seen in the image.
-            Self::FivePoint(p) => vec![
-                ("right_eye", p.eye_left),
-                ("left_eye", p.eye_right),
-                ("nose_tip", p.nose),
-                ("mouth_right", p.mouth_left),
-                ("mouth_left", p.mouth_right),
-            ],
-            Self::BlazeFace(k) => vec![
-                ("right_eye", k.right_eye),
-                ("left_eye", k.left_eye),
-                ("nose_tip", k.nose_tip),
-                ("mouth_centre", k.mouth_centre),
-                ("right_ear_tragion", k.right_ear_tragion),
-                ("left_ear_tragion", k.left_ear_tragion),
-            ],
+            Self::FivePoint(p) => FIVE_POINT.into_iter().zip(p.points()).collect(),
+            Self::BlazeFace(k) => BLAZEFACE.into_iter().zip(k.points()).collect(),
         }
     }
 
@@ -520,17 +535,7 @@ fn blend_landmarks(scheme: Landmarks, cluster: &[Detection]) -> Landmarks {
             let members: Vec<([Point; 6], f32)> = cluster
                 .iter()
                 .filter_map(|d| match d.landmarks {
-                    Some(Landmarks::BlazeFace(k)) => Some((
-                        [
-                            k.right_eye,
-                            k.left_eye,
-                            k.nose_tip,
-                            k.mouth_centre,
-                            k.right_ear_tragion,
-                            k.left_ear_tragion,
-                        ],
-                        d.score,
-                    )),
+                    Some(Landmarks::BlazeFace(k)) => Some((k.points(), d.score)),
                     _ => None,
                 })
                 .collect();
@@ -720,14 +725,7 @@ mod tests {
         let Some(Landmarks::BlazeFace(k)) = d.landmarks else {
             panic!("no BlazeFace keypoints: {d:?}");
         };
-        [
-            k.right_eye,
-            k.left_eye,
-            k.nose_tip,
-            k.mouth_centre,
-            k.right_ear_tragion,
-            k.left_ear_tragion,
-        ]
+        k.points()
     }
 
     fn close(a: f32, b: f32) -> bool {
