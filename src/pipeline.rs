@@ -41,7 +41,6 @@ use crate::saliency::stage::{FrameSaliency, SaliencyJob, SaliencyStage};
 use crate::saliency::{SaliencyError, SaliencyMethod};
 use crate::track::Tracker;
 use ndarray::Array4;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -234,21 +233,7 @@ pub fn load_session(
         path: path.clone(),
         reason,
     };
-    let session = Session::builder(env)
-        .map_err(|e| load_error(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| load_error(e.to_string()))?
-        .with_intra_threads(intra_op_threads)
-        .map_err(|e| load_error(e.to_string()))?
-        .with_inter_threads(1)
-        .map_err(|e| load_error(e.to_string()))?
-        // Idle intra-op workers sleep instead of spinning. Each session has
-        // its own pool, and a pool that spins after its run steals the core
-        // from the next session's run: measured here with 2 threads, spinning
-        // made CenterFace 23 ms instead of 9 ms (1 thread: 12 ms).
-        .with_intra_op_spinning(false)
-        .map_err(|e| load_error(e.to_string()))?
-        .commit_from_memory(&bytes)
+    let session = runtime::session_from_memory(env, &bytes, intra_op_threads)
         .map_err(|e| load_error(e.to_string()))?;
     log::debug!(
         "loaded model {} ({}) with {intra_op_threads} intra-op thread(s)",

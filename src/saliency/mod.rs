@@ -50,7 +50,7 @@ pub mod stage;
 pub mod transform;
 
 use ndarray::{Array2, Array4, ArrayView4};
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::session::Session;
 use ort::value::TensorRef;
 use std::collections::HashMap;
 
@@ -229,28 +229,7 @@ fn session_from_bytes(
     context: &'static str,
 ) -> Result<Session, SaliencyError> {
     let env = crate::runtime::environment()?;
-    Session::builder(env)
-        .map_err(ort_err(context))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| SaliencyError::Ort {
-            context,
-            source: e.into(),
-        })?
-        .with_intra_threads(threads.max(1))
-        .map_err(|e| SaliencyError::Ort {
-            context,
-            source: e.into(),
-        })?
-        // Idle worker threads sleep instead of spinning: on a robot's shared
-        // cores spinning steals time from the other nodes (and, measured on
-        // a loaded 2-core machine, from the other worker).
-        .with_intra_op_spinning(false)
-        .map_err(|e| SaliencyError::Ort {
-            context,
-            source: e.into(),
-        })?
-        .commit_from_memory(bytes)
-        .map_err(ort_err(context))
+    crate::runtime::session_from_memory(env, bytes, threads).map_err(ort_err(context))
 }
 
 /// Shapes of every node output of the forward model at batch size 1, checked
