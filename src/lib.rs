@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod frame;
 pub mod manifest;
+pub mod parallel;
 pub mod pipeline;
 pub mod render;
 pub mod runtime;

@@ -341,8 +341,8 @@ fn classifier_threads(config: &Config) -> usize {
 }
 
 /// Cuts and classifies `faces` with each of `classifiers`; with `parallel`,
-/// each classifier but the first on its own scoped thread, the first on the
-/// calling thread. Results in the order of `classifiers`.
+/// side by side ([`crate::parallel::side_by_side`]). Results in the order of
+/// `classifiers`.
 fn classify_each(
     classifiers: Vec<&mut Classifier>,
     frame: &Frame,
@@ -356,25 +356,11 @@ fn classify_each(
             .map(|c| c.classify(frame, faces, align))
             .collect();
     }
-    let mut classifiers = classifiers.into_iter();
-    let first = classifiers.next();
-    std::thread::scope(|scope| {
-        let others: Vec<_> = classifiers
-            .map(|c| scope.spawn(move || c.classify(frame, faces, align)))
-            .collect();
-        let mut results = Vec::with_capacity(others.len() + 1);
-        if let Some(c) = first {
-            results.push(c.classify(frame, faces, align));
-        }
-        for handle in others {
-            results.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        results.into_iter().collect()
-    })
+    let jobs: Vec<_> = classifiers
+        .into_iter()
+        .map(|c| move || c.classify(frame, faces, align))
+        .collect();
+    crate::parallel::side_by_side(jobs).into_iter().collect()
 }
 
 /// [`classify_each`] over `(task, classifier)` pairs, each result stored in

@@ -134,25 +134,22 @@ impl SaliencyStage {
             })
             .map(|((task, _, _), model)| (*task, model))
             .collect();
-        let results = std::thread::scope(|scope| {
-            let handles: Vec<_> = models
-                .iter_mut()
-                .map(|(task, model)| {
-                    let task = *task;
-                    scope.spawn(move || {
-                        jobs.iter()
-                            .enumerate()
-                            .filter(|(_, (t, _))| *t == task)
-                            .map(|(i, &(_, batch))| model.run(batch, None).map(|r| (i, r)))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
+        let work: Vec<_> = models
+            .iter_mut()
+            .map(|(task, model)| {
+                let task = *task;
+                move || {
+                    jobs.iter()
+                        .enumerate()
+                        .filter(|(_, (t, _))| *t == task)
+                        .map(|(i, &(_, batch))| model.run(batch, None).map(|r| (i, r)))
+                        .collect::<Result<Vec<_>, _>>()
+                }
+            })
+            .collect();
+        let results = crate::parallel::side_by_side(work)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         let mut ordered: Vec<Option<SaliencyBatch>> = (0..jobs.len()).map(|_| None).collect();
         for (i, batch) in results.into_iter().flatten() {
             ordered[i] = Some(batch);
