@@ -14,6 +14,7 @@ use face_perception::classify::{Classifier, ClassifierTask};
 use face_perception::config::{Config, RawConfig};
 use face_perception::frame::{Frame, FrameLimits, RawImage};
 use face_perception::manifest::Manifest;
+use face_perception::parallel::Cores;
 use face_perception::pipeline::{load_session, FrameRequest, Pipeline};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -164,7 +165,8 @@ fn bench_stages(c: &mut Criterion) {
         let f = frame(w, h, 5);
         let faces = pipeline(1, "dnn").detect(&f).unwrap();
         for task in [ClassifierTask::Gender, ClassifierTask::Emotion] {
-            let (session, entry) = load_session(&manifest, task.model_name(), 1).unwrap();
+            let (session, entry) =
+                load_session(&manifest, task.model_name(), 1, &Cores::unpinned()).unwrap();
             let mut classifier = Classifier::new(task, session, &entry, faces.len()).unwrap();
             let id = format!("{w}x{h}_{}faces", faces.len());
             group.bench_function(
@@ -213,7 +215,7 @@ fn bench_stages(c: &mut Criterion) {
         BenchmarkId::new("classify_gender_emotion_int8_t2", &id),
         |b| b.iter(|| p2.classify(black_box(&f), &faces).unwrap()),
     );
-    let (session, entry) = load_session(&manifest, "gender_int8", 1).unwrap();
+    let (session, entry) = load_session(&manifest, "gender_int8", 1, &Cores::unpinned()).unwrap();
     let mut gender = Classifier::new(ClassifierTask::Gender, session, &entry, faces.len()).unwrap();
     gender.prepare(&f, &faces, true).unwrap();
     group.bench_function(BenchmarkId::new("run_gender_int8", &id), |b| {

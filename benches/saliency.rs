@@ -12,7 +12,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use face_perception::config::DEFAULT_INTRA_OP_THREADS;
 use face_perception::manifest::Manifest;
-use face_perception::parallel::side_by_side;
+use face_perception::parallel::{side_by_side, Cores};
 use face_perception::saliency::{GradientModel, SaliencyMethod};
 use ndarray::Array4;
 use std::path::PathBuf;
@@ -124,7 +124,7 @@ fn bench_saliency(c: &mut Criterion) {
                                     .expect("gender saliency")
                             }),
                         ];
-                        side_by_side(jobs)
+                        side_by_side(jobs, &Cores::plan(true, 2))
                     })
                 },
             );

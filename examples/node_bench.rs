@@ -8,14 +8,16 @@
 //!   /diagnostics), medians over frames sent at 10 Hz (no queueing);
 //! - steady-state RSS of the node after the run.
 //!
-//! Usage: node_bench [SECONDS]   (expects scripts/env.sh sourced)
+//! Usage: node_bench [SECONDS]   (expects scripts/env.sh sourced; the
+//! environment variables NODE_BENCH_THREADS and NODE_BENCH_PIN set the node's
+//! `intra_op_threads` and `pin_threads`)
 
 use futures::StreamExt;
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::face_perception_msgs::msg::FaceArray;
 use r2r::sensor_msgs::msg::Image;
 use r2r::QosProfile;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -64,7 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         node.subscribe::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     let sent_at: Arc<Mutex<HashMap<(i32, u32), Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<(Instant, f64)>>> = Arc::default();
-    let totals: Arc<Mutex<Vec<f64>>> = Arc::default();
+    // Per stage of the node's own timing (`latency_ms.<stage>` of /diagnostics).
+    let totals: Arc<Mutex<BTreeMap<String, Vec<f64>>>> = Arc::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -87,14 +90,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let totals = totals.clone();
         runtime.spawn(async move {
             while let Some(msg) = diagnostics.next().await {
-                let total = msg
+                let stages = msg
                     .status
                     .iter()
                     .flat_map(|s| s.values.iter())
-                    .find(|kv| kv.key == "latency_ms.total")
-                    .and_then(|kv| kv.value.parse::<f64>().ok());
-                if let (Some(t), Ok(mut v)) = (total, totals.lock()) {
-                    v.push(t);
+                    .filter_map(|kv| {
+                        let stage = kv.key.strip_prefix("latency_ms.")?;
+                        Some((stage.to_string(), kv.value.parse::<f64>().ok()?))
+                    });
+                if let Ok(mut v) = totals.lock() {
+                    for (stage, ms) in stages {
+                        v.entry(stage).or_default().push(ms);
+                    }
                 }
             }
         });
@@ -105,6 +112,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
         .map(|n| format!("intra_op_threads:={n}"));
+    // NODE_BENCH_PIN=false turns the node's pin_threads off.
+    let pin = std::env::var("NODE_BENCH_PIN")
+        .ok()
+        .map(|v| format!("pin_threads:={v}"));
     let mut args: Vec<String> = [
         "--ros-args",
         "-r",
@@ -114,8 +125,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]
     .map(String::from)
     .to_vec();
-    if let Some(threads) = threads {
-        args.extend(["-p".to_string(), threads]);
+    for value in [threads, pin].into_iter().flatten() {
+        args.extend(["-p".to_string(), value]);
     }
     let spawned = Instant::now();
     let mut child = Command::new(root.join("target/release/face_perception_node"))
@@ -184,7 +195,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .lock()
         .map(|l| l.iter().map(|(_, v)| *v).collect())
         .unwrap_or_default();
-    let mut tot = totals.lock().map(|t| t.clone()).unwrap_or_default();
+    let mut stages = totals.lock().map(|t| t.clone()).unwrap_or_default();
+    let mut tot = stages.remove("total").unwrap_or_default();
     let (lat_median, tot_median) = (median(&mut lat), median(&mut tot));
     println!(
         "node_bench: {} frames at 10 Hz, 640x480, 3 faces (group.jpg)",
@@ -200,6 +212,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "node_bench: node overhead (difference)    {:8.2} ms",
         lat_median - tot_median
     );
+    for (stage, values) in &mut stages {
+        println!(
+            "node_bench:   of which {stage:<12} median  {:8.2} ms",
+            median(values)
+        );
+    }
     println!("node_bench: steady-state RSS              {rss:8.1} MiB");
     Ok(())
 }

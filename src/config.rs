@@ -182,6 +182,10 @@ pub struct RawConfig {
     pub haar_cascade: String,
     /// ONNX Runtime intra-op threads per session, 1..=64.
     pub intra_op_threads: i64,
+    /// Pin the thread that calls the pipeline and ONNX Runtime's workers to
+    /// cores of their own (the first `intra_op_threads` CPUs the process may
+    /// run on); see [`crate::parallel::Cores`].
+    pub pin_threads: bool,
     /// Largest accepted frame, in pixels.
     pub max_frame_pixels: i64,
     /// `"fp32"` (default) or `"int8"`: int8 loads the manifest's `<name>_int8`
@@ -210,6 +214,7 @@ impl Default for RawConfig {
             models_dir: String::new(),
             haar_cascade: String::new(),
             intra_op_threads: DEFAULT_INTRA_OP_THREADS,
+            pin_threads: true,
             max_frame_pixels: DEFAULT_MAX_PIXELS as i64,
             precision: Precision::default().to_string(),
         }
@@ -443,6 +448,11 @@ impl Config {
     /// Precision of the models that have an int8 variant.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Whether the pipeline pins its threads to cores of their own.
+    pub fn pin_threads(&self) -> bool {
+        self.raw.pin_threads
     }
 
     /// Limits applied to incoming frames.

@@ -6,8 +6,132 @@
 //! are kept for the life of the process: a thread made for every frame costs
 //! its start-up and, more, ONNX Runtime's per-thread scratch buffers, which a
 //! new thread allocates and faults in again on its first run.
+//!
+//! [`Cores`] pins the threads of a run to cores of their own. Between camera
+//! frames the cores go idle; on the next frame Linux tends to wake ONNX
+//! Runtime's worker on the core of the thread that woke it, so both share one
+//! core for the whole run. Measured here (CenterFace, 2 threads, a frame
+//! every 100 ms): 11 to 19 ms a frame unpinned, 7.6 ms pinned, against
+//! 6.8 ms back to back.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
+
+/// The CPUs this process may run on (its main thread's affinity mask, read
+/// once), in increasing order; empty if it cannot be read.
+fn allowed_cpus() -> &'static [usize] {
+    static ALLOWED: OnceLock<Vec<usize>> = OnceLock::new();
+    ALLOWED.get_or_init(|| {
+        // SAFETY: `set` is a plain bit set that sched_getaffinity fills in;
+        // the size passed is its own.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(
+                libc::getpid(),
+                std::mem::size_of::<libc::cpu_set_t>(),
+                &mut set,
+            ) != 0
+            {
+                return Vec::new();
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .collect()
+        }
+    })
+}
+
+/// Restricts the calling thread to `cpus`; false if the system refused.
+fn set_thread_affinity(cpus: &[usize]) -> bool {
+    // SAFETY: as in `allowed_cpus`; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+thread_local! {
+    /// The core this thread was pinned to by [`Cores`], if any.
+    static PINNED_TO: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Pins the calling thread to `cpu`, or with `None` gives it back every
+/// allowed CPU if it was pinned here before. Remembers the last request per
+/// thread, so that repeating it costs no system call.
+fn pin_current_thread(cpu: Option<usize>) {
+    PINNED_TO.with(|pinned| {
+        if pinned.get() == cpu {
+            return;
+        }
+        let ok = match cpu {
+            Some(cpu) => set_thread_affinity(&[cpu]),
+            None => set_thread_affinity(allowed_cpus()),
+        };
+        if ok {
+            pinned.set(cpu);
+        } else {
+            log::warn!("could not set the CPU affinity of a thread to {cpu:?}; it stays as it was");
+        }
+    });
+}
+
+/// The cores a run's threads are pinned to: the calling thread to the first,
+/// ONNX Runtime's workers of a session of `t` threads to the next `t - 1`,
+/// and side-by-side job `k` ([`side_by_side`]) to the `k`-th. Empty: no
+/// pinning (threads go where the system puts them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cores(Vec<usize>);
+
+impl Cores {
+    /// No pinning.
+    pub fn unpinned() -> Self {
+        Self::default()
+    }
+
+    /// With `pin`, the first `threads` CPUs the process may run on, when it
+    /// may run on at least that many and `threads` is 2 or more; otherwise
+    /// no pinning.
+    pub fn plan(pin: bool, threads: usize) -> Self {
+        let allowed = allowed_cpus();
+        if pin && threads >= 2 && allowed.len() >= threads {
+            Self(allowed[..threads].to_vec())
+        } else {
+            Self::unpinned()
+        }
+    }
+
+    /// Whether this pins anything.
+    pub fn is_pinned(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Pins the calling thread to the first core (or, unpinned, gives a
+    /// thread pinned here before its freedom back).
+    pub fn pin_caller(&self) {
+        pin_current_thread(self.0.first().copied());
+    }
+
+    /// ONNX Runtime's `session.intra_op_thread_affinities` for a session of
+    /// `threads` threads whose run is called from the pinned caller: its
+    /// `threads - 1` workers on the cores after the first, one each
+    /// (1-based CPU numbers, `;` between workers). `None` when unpinned or
+    /// when there are not enough cores.
+    pub fn worker_affinities(&self, threads: usize) -> Option<String> {
+        if threads < 2 || self.0.len() < threads {
+            return None;
+        }
+        Some(
+            self.0[1..threads]
+                .iter()
+                .map(|cpu| (cpu + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(";"),
+        )
+    }
+}
 
 /// The process-wide pool the jobs beyond the first run on, created on first
 /// use with one thread less than the machine has cores (at least one).
@@ -24,9 +148,12 @@ fn workers() -> &'static rayon_core::ThreadPool {
 }
 
 /// Runs every job and returns their results in the jobs' order: the first on
-/// the calling thread, the others at the same time on the worker pool. A job
-/// that panics makes this panic with the same payload once all have ended.
-pub fn side_by_side<T, F>(jobs: Vec<F>) -> Vec<T>
+/// the calling thread, the others at the same time on the worker pool, job
+/// `k` pinned to the `k`-th of `cores` (round robin; the caller is pinned
+/// too; unpinned `cores` leave the caller as it is and free the pool's
+/// threads). A job that panics makes this panic with the same payload once all
+/// have ended.
+pub fn side_by_side<T, F>(jobs: Vec<F>, cores: &Cores) -> Vec<T>
 where
     T: Send,
     F: FnOnce() -> T + Send,
@@ -36,13 +163,21 @@ where
         return Vec::new();
     };
     let rest: Vec<F> = jobs.collect();
+    if cores.is_pinned() {
+        cores.pin_caller();
+    }
     if rest.is_empty() {
         return vec![first()];
     }
+    let core_of = |k: usize| (!cores.0.is_empty()).then(|| cores.0[k % cores.0.len()]);
     let mut slots: Vec<Option<T>> = (0..rest.len()).map(|_| None).collect();
     let first_result = workers().in_place_scope(|scope| {
-        for (job, slot) in rest.into_iter().zip(slots.iter_mut()) {
-            scope.spawn(move |_| *slot = Some(job()));
+        for (k, (job, slot)) in rest.into_iter().zip(slots.iter_mut()).enumerate() {
+            let core = core_of(k + 1);
+            scope.spawn(move |_| {
+                pin_current_thread(core);
+                *slot = Some(job());
+            });
         }
         first()
     });
@@ -67,7 +202,7 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(side_by_side(jobs), vec![0, 1, 4, 9, 16]);
+        assert_eq!(side_by_side(jobs, &Cores::unpinned()), vec![0, 1, 4, 9, 16]);
     }
 
     #[test]
@@ -86,12 +221,51 @@ mod tests {
             second_hears.recv_timeout(wait).is_ok()
         };
         let jobs: Vec<Box<dyn FnOnce() -> bool + Send>> = vec![Box::new(first), Box::new(second)];
-        assert_eq!(side_by_side(jobs), vec![true, true]);
+        assert_eq!(side_by_side(jobs, &Cores::unpinned()), vec![true, true]);
     }
 
     #[test]
     fn no_jobs_and_one_job() {
-        assert!(side_by_side(Vec::<fn() -> u8>::new()).is_empty());
-        assert_eq!(side_by_side(vec![|| 7]), vec![7]);
+        assert!(side_by_side(Vec::<fn() -> u8>::new(), &Cores::unpinned()).is_empty());
+        assert_eq!(side_by_side(vec![|| 7], &Cores::unpinned()), vec![7]);
+    }
+
+    /// The CPU the calling thread runs on right now.
+    fn current_cpu() -> usize {
+        // SAFETY: no arguments; returns -1 on failure.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).expect("sched_getcpu")
+    }
+
+    #[test]
+    fn pinned_jobs_run_on_their_cores_and_the_caller_is_freed_again() {
+        let cores = Cores::plan(true, 2);
+        if !cores.is_pinned() {
+            eprintln!("fewer than 2 CPUs allowed: nothing to pin");
+            return;
+        }
+        let jobs: Vec<fn() -> usize> = vec![current_cpu, current_cpu, current_cpu];
+        let ran_on = side_by_side(jobs, &cores);
+        assert_eq!(ran_on, vec![cores.0[0], cores.0[1], cores.0[0]]);
+        assert_eq!(
+            cores.worker_affinities(2),
+            Some((cores.0[1] + 1).to_string())
+        );
+        Cores::unpinned().pin_caller();
+        // SAFETY: as in `allowed_cpus`.
+        let mask_len = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            libc::CPU_COUNT(&set) as usize
+        };
+        assert_eq!(mask_len, allowed_cpus().len());
+    }
+
+    #[test]
+    fn no_plan_without_pinning_or_with_one_thread() {
+        assert!(!Cores::plan(false, 2).is_pinned());
+        assert!(!Cores::plan(true, 1).is_pinned());
+        assert!(!Cores::plan(true, allowed_cpus().len() + 1).is_pinned());
+        assert_eq!(Cores::unpinned().worker_affinities(2), None);
     }
 }

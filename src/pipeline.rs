@@ -35,6 +35,7 @@ use crate::detect::haar::HaarCascade;
 use crate::detect::{DetectError, Detection, Detector, FaceBox, FaceDetector, Landmarks};
 use crate::frame::Frame;
 use crate::manifest::{self, Manifest, ManifestError, ModelEntry};
+use crate::parallel::Cores;
 use crate::render::{self, RenderError};
 use crate::runtime::{self, RuntimeError};
 use crate::saliency::stage::{FrameSaliency, SaliencyJob, SaliencyStage};
@@ -224,6 +225,7 @@ pub fn load_session(
     manifest: &Manifest,
     name: &str,
     intra_op_threads: usize,
+    cores: &Cores,
 ) -> Result<(Session, ModelEntry), PipelineError> {
     let entry = manifest.entry(name)?.clone();
     let path = manifest.model_path(&entry);
@@ -233,7 +235,7 @@ pub fn load_session(
         path: path.clone(),
         reason,
     };
-    let session = runtime::session_from_memory(env, &bytes, intra_op_threads)
+    let session = runtime::session_from_memory(env, &bytes, intra_op_threads, cores)
         .map_err(|e| load_error(e.to_string()))?;
     log::debug!(
         "loaded model {} ({}) with {intra_op_threads} intra-op thread(s)",
@@ -248,6 +250,7 @@ pub fn load_session(
 struct LoadKey {
     models_dir: Option<PathBuf>,
     threads: usize,
+    pin_threads: bool,
     classifier_threads: usize,
     backend: DetectorBackend,
     haar_cascade: PathBuf,
@@ -259,6 +262,7 @@ impl LoadKey {
         Self {
             models_dir: config.models_dir().map(Path::to_path_buf),
             threads: config.intra_op_threads(),
+            pin_threads: config.pin_threads(),
             classifier_threads: classifier_threads(config),
             backend: config.detector().backend,
             haar_cascade: config.detector().haar_cascade.clone(),
@@ -278,6 +282,8 @@ pub struct Pipeline {
     age: Option<Classifier>,
     tracker: Tracker,
     saliency: SaliencyStage,
+    /// Where the pipeline's threads run ([`cores`]).
+    cores: Cores,
 }
 
 fn needs_manifest(config: &Config) -> bool {
@@ -302,7 +308,8 @@ fn load_detector(config: &Config, manifest: Option<&Manifest>) -> Result<Detecto
     };
     let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
     let name = model_for_precision(manifest, model, config.precision());
-    let (session, entry) = load_session(manifest, &name, config.intra_op_threads())?;
+    let (session, entry) =
+        load_session(manifest, &name, config.intra_op_threads(), &cores(config))?;
     Ok(match backend {
         DetectorBackend::BlazeFace => {
             Detector::BlazeFace(Box::new(BlazeFace::new(session, &entry)?))
@@ -340,6 +347,24 @@ fn classifier_threads(config: &Config) -> usize {
     }
 }
 
+/// The cores the pipeline's threads are pinned to: the caller and the
+/// workers of sessions it runs with all the threads.
+fn cores(config: &Config) -> Cores {
+    Cores::plan(config.pin_threads(), config.intra_op_threads())
+}
+
+/// The cores of the classifier sessions and of their side-by-side jobs: the
+/// pipeline's, unless the classifiers run side by side with several threads
+/// each (then nothing is pinned: one worker per core would need a plan per
+/// classifier).
+fn classifier_cores(config: &Config) -> Cores {
+    if classifiers_in_parallel(config) && classifier_threads(config) > 1 {
+        Cores::unpinned()
+    } else {
+        cores(config)
+    }
+}
+
 /// Cuts and classifies `faces` with each of `classifiers`; with `parallel`,
 /// side by side ([`crate::parallel::side_by_side`]). Results in the order of
 /// `classifiers`.
@@ -349,6 +374,7 @@ fn classify_each(
     faces: &[Detection],
     align: bool,
     parallel: bool,
+    cores: &Cores,
 ) -> Result<Vec<Vec<Classification>>, ClassifyError> {
     if !parallel || classifiers.len() < 2 || faces.is_empty() {
         return classifiers
@@ -360,7 +386,9 @@ fn classify_each(
         .into_iter()
         .map(|c| move || c.classify(frame, faces, align))
         .collect();
-    crate::parallel::side_by_side(jobs).into_iter().collect()
+    crate::parallel::side_by_side(jobs, cores)
+        .into_iter()
+        .collect()
 }
 
 /// [`classify_each`] over `(task, classifier)` pairs, each result stored in
@@ -372,9 +400,10 @@ fn classify_into(
     faces: &[Detection],
     align: bool,
     parallel: bool,
+    cores: &Cores,
 ) -> Result<(), ClassifyError> {
     let (tasks, classifiers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
-    let results = classify_each(classifiers, frame, faces, align, parallel)?;
+    let results = classify_each(classifiers, frame, faces, align, parallel, cores)?;
     for (task, result) in tasks.into_iter().zip(results) {
         *into.slot_mut(task) = Some(result);
     }
@@ -388,7 +417,12 @@ fn load_classifier(
 ) -> Result<Classifier, PipelineError> {
     let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
     let name = model_for_precision(manifest, task.model_name(), config.precision());
-    let (session, entry) = load_session(manifest, &name, classifier_threads(config))?;
+    let (session, entry) = load_session(
+        manifest,
+        &name,
+        classifier_threads(config),
+        &classifier_cores(config),
+    )?;
     Ok(Classifier::new(
         task,
         session,
@@ -431,7 +465,8 @@ impl Pipeline {
             emotion,
             age,
             tracker: Tracker::new(config.tracker()),
-            saliency: SaliencyStage::new(config.intra_op_threads()),
+            saliency: SaliencyStage::new(config.intra_op_threads(), cores(config)),
+            cores: cores(config),
         })
     }
 
@@ -447,7 +482,9 @@ impl Pipeline {
     /// changes.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), PipelineError> {
         let key = LoadKey::of(config);
-        let reload_all = key.models_dir != self.key.models_dir || key.threads != self.key.threads;
+        let reload_all = key.models_dir != self.key.models_dir
+            || key.threads != self.key.threads
+            || key.pin_threads != self.key.pin_threads;
         let reload_classifiers =
             reload_all || key.classifier_threads != self.key.classifier_threads;
         let manifest = if !needs_manifest(config) {
@@ -513,7 +550,8 @@ impl Pipeline {
         }
         self.manifest = manifest;
         if reload_all {
-            self.saliency = SaliencyStage::new(config.intra_op_threads());
+            self.saliency = SaliencyStage::new(config.intra_op_threads(), cores(config));
+            self.cores = cores(config);
         }
         self.tracker.reconfigure(config.tracker());
         self.config = config.clone();
@@ -543,6 +581,7 @@ impl Pipeline {
 
     /// Detection only (no classification, tracking or smoothing).
     pub fn detect(&mut self, frame: &Frame) -> Result<Vec<Detection>, PipelineError> {
+        self.cores.pin_caller();
         Ok(self.detector.detect(frame, self.config.detector())?)
     }
 
@@ -553,6 +592,7 @@ impl Pipeline {
         frame: &Frame,
         faces: &[Detection],
     ) -> Result<ClassifiedFaces, PipelineError> {
+        self.cores.pin_caller();
         let align = self.config.classifiers().align_faces;
         let parallel = classifiers_in_parallel(&self.config);
         let jobs = [
@@ -564,7 +604,8 @@ impl Pipeline {
         .filter_map(|(task, slot)| slot.as_mut().map(|c| (task, c)))
         .collect();
         let mut classified = ClassifiedFaces::default();
-        classify_into(&mut classified, jobs, frame, faces, align, parallel)?;
+        let cores = classifier_cores(&self.config);
+        classify_into(&mut classified, jobs, frame, faces, align, parallel, &cores)?;
         Ok(classified)
     }
 
@@ -663,7 +704,16 @@ impl Pipeline {
             }
         }
         let parallel = classifiers_in_parallel(&self.config);
-        classify_into(&mut classified, plain, frame, &detections, align, parallel)?;
+        let cores = classifier_cores(&self.config);
+        classify_into(
+            &mut classified,
+            plain,
+            frame,
+            &detections,
+            align,
+            parallel,
+            &cores,
+        )?;
         let classified_at = Instant::now();
 
         let boxes: Vec<FaceBox> = detections.iter().map(|d| d.bbox).collect();

@@ -114,17 +114,24 @@ pub fn library_path() -> Option<&'static Path> {
 /// (int8: 4.87 and 4.10 ms). Spinning after the run is what must not happen:
 /// each session has its own pool, and a pool still spinning takes the core
 /// the next session's run needs (spinning left on made CenterFace 26.7 ms).
+///
+/// With `cores` pinned, the workers go to the cores after the caller's
+/// ([`crate::parallel::Cores::worker_affinities`]).
 pub fn session_from_memory(
     env: &ort::environment::Environment,
     model: &[u8],
     intra_op_threads: usize,
+    cores: &crate::parallel::Cores,
 ) -> Result<ort::session::Session, ort::Error> {
-    let session = ort::session::Session::builder(env)?
+    let threads = intra_op_threads.max(1);
+    let mut builder = ort::session::Session::builder(env)?
         .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)?
-        .with_intra_threads(intra_op_threads.max(1))?
+        .with_intra_threads(threads)?
         .with_inter_threads(1)?
         .with_intra_op_spinning(true)?
-        .with_config_entry("session.force_spinning_stop", "1")?
-        .commit_from_memory(model)?;
-    Ok(session)
+        .with_config_entry("session.force_spinning_stop", "1")?;
+    if let Some(affinities) = cores.worker_affinities(threads) {
+        builder = builder.with_config_entry("session.intra_op_thread_affinities", affinities)?;
+    }
+    builder.commit_from_memory(model)
 }

@@ -416,6 +416,56 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
     }
 }
 
+/// The CPUs the calling thread may run on, as the kernel lists them.
+fn thread_cpus() -> String {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .expect("/proc/thread-self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn pinned_pipeline_holds_its_thread_on_one_core_until_pinning_is_off() {
+    let before = thread_cpus();
+    if !before.contains([',', '-']) {
+        eprintln!("this thread may run on one CPU only ({before}): nothing to pin");
+        return;
+    }
+    let raw = |pin_threads| RawConfig {
+        intra_op_threads: 2,
+        pin_threads,
+        ..RawConfig::default()
+    };
+    let frame = photo("astronaut.jpg");
+    let mut p = pipeline(raw(true));
+    let pinned = p.process(&frame, &FrameRequest::default()).unwrap();
+    let on = thread_cpus();
+    assert!(
+        !on.contains([',', '-']),
+        "pinned, the calling thread may still run on {on}"
+    );
+    p.reconfigure(&config(raw(false))).unwrap();
+    let free = p.process(&frame, &FrameRequest::default()).unwrap();
+    assert_eq!(
+        thread_cpus(),
+        before,
+        "unpinned, the thread gets every CPU back"
+    );
+    // Pinning moves threads, not results.
+    assert_eq!(pinned.faces.len(), 1);
+    assert_eq!(free.faces.len(), 1);
+    let (a, b) = (&pinned.faces[0], &free.faces[0]);
+    assert_eq!(a.bbox, b.bbox);
+    let diff = max_abs_diff(
+        &a.emotion.as_ref().unwrap().probabilities,
+        &b.emotion.as_ref().unwrap().probabilities,
+    );
+    assert!(diff < 1e-5, "emotion differs by {diff}");
+}
+
 #[test]
 fn explained_classifiers_report_the_probabilities_of_the_plain_run() {
     // With saliency requested, a classifier runs as its gradient graph and

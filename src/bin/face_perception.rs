@@ -108,6 +108,10 @@ struct AnalyzeArgs {
     /// ONNX Runtime intra-op threads per model.
     #[arg(long, value_name = "N")]
     threads: Option<i64>,
+    /// Leave the threads where the system puts them instead of pinning the
+    /// main thread and ONNX Runtime's workers to cores of their own.
+    #[arg(long)]
+    no_pin_threads: bool,
     /// Model precision: fp32 (default) or int8 (int8 CenterFace and gender,
     /// about 1.9x faster on CPUs with VNNI; saliency still explains the fp32
     /// models).
@@ -179,6 +183,7 @@ fn raw_config(args: &AnalyzeArgs) -> Result<RawConfig> {
     if let Some(v) = args.threads {
         raw.intra_op_threads = v;
     }
+    raw.pin_threads &= !args.no_pin_threads;
     if let Some(v) = &args.precision {
         raw.precision.clone_from(v);
     }

@@ -226,10 +226,11 @@ impl std::fmt::Debug for GradientModel {
 fn session_from_bytes(
     bytes: &[u8],
     threads: usize,
+    cores: &crate::parallel::Cores,
     context: &'static str,
 ) -> Result<Session, SaliencyError> {
     let env = crate::runtime::environment()?;
-    crate::runtime::session_from_memory(env, bytes, threads).map_err(ort_err(context))
+    crate::runtime::session_from_memory(env, bytes, threads, cores).map_err(ort_err(context))
 }
 
 /// Shapes of every node output of the forward model at batch size 1, checked
@@ -247,7 +248,12 @@ fn probe_shapes(fwd: &transform::ForwardModel) -> Result<transform::ProbeShapes,
                 fwd.input_name
             ),
         })?;
-    let mut session = session_from_bytes(&fwd.probe_model(), 1, CONTEXT)?;
+    let mut session = session_from_bytes(
+        &fwd.probe_model(),
+        1,
+        &crate::parallel::Cores::unpinned(),
+        CONTEXT,
+    )?;
     let mut runs: Vec<HashMap<String, Vec<i64>>> = Vec::new();
     for batch in [1usize, 2] {
         let mut shape = vec![batch];
@@ -323,7 +329,7 @@ pub fn score_model_bytes(
 }
 
 /// Everything [`GradientModel::with_options`] can be told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaliencyOptions<'a> {
     /// Which saliency.
     pub method: SaliencyMethod,
@@ -335,6 +341,9 @@ pub struct SaliencyOptions<'a> {
     pub gradcam_layer: Option<&'a str>,
     /// ONNX Runtime intra-op threads.
     pub intra_threads: usize,
+    /// Where ONNX Runtime's workers run (the caller is pinned by whoever
+    /// calls); default: unpinned.
+    pub cores: crate::parallel::Cores,
 }
 
 impl Default for SaliencyOptions<'_> {
@@ -344,6 +353,7 @@ impl Default for SaliencyOptions<'_> {
             pre_softmax_output: None,
             gradcam_layer: None,
             intra_threads: 1,
+            cores: crate::parallel::Cores::unpinned(),
         }
     }
 }
@@ -365,6 +375,7 @@ impl GradientModel {
                 pre_softmax_output,
                 gradcam_layer: None,
                 intra_threads,
+                cores: crate::parallel::Cores::unpinned(),
             },
         )
     }
@@ -392,6 +403,7 @@ impl GradientModel {
         let session = session_from_bytes(
             &bytes,
             options.intra_threads,
+            &options.cores,
             "loading the generated saliency graph",
         )?;
         Ok(GradientModel {

@@ -12,10 +12,11 @@
 use super::render::{
     map_from_gradient, overlay_heatmaps_on_chips, ChipPlacement, GreyImage, RgbImage,
 };
-use super::{GradientModel, SaliencyBatch, SaliencyError, SaliencyMethod};
+use super::{GradientModel, SaliencyBatch, SaliencyError, SaliencyMethod, SaliencyOptions};
 use crate::classify::{ClassifierTask, FaceChip};
 use crate::frame::Frame;
 use crate::manifest::Manifest;
+use crate::parallel::Cores;
 use ndarray::ArrayView4;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub struct FrameSaliency {
 pub struct SaliencyStage {
     models: HashMap<(ClassifierTask, SaliencyMethod, usize), GradientModel>,
     intra_threads: usize,
+    /// Where the threads run: the pipeline's plan for `intra_threads`.
+    cores: Cores,
 }
 
 /// One classifier batch to explain: the classifier and its batch `[N, C, H, W]`.
@@ -44,10 +47,24 @@ pub type SaliencyJob<'a> = (ClassifierTask, ArrayView4<'a, f32>);
 
 impl SaliencyStage {
     /// An empty stage; nothing is built until [`SaliencyStage::run`] needs it.
-    pub fn new(intra_threads: usize) -> Self {
+    /// `cores`: where the caller and ONNX Runtime's workers run with
+    /// `intra_threads` threads ([`Cores::plan`]).
+    pub fn new(intra_threads: usize, cores: Cores) -> Self {
         Self {
             models: HashMap::new(),
             intra_threads,
+            cores,
+        }
+    }
+
+    /// The cores of a gradient graph run with `threads` threads: the plan's
+    /// when it runs alone with all the threads, or side by side with one
+    /// thread each; unpinned when side by side with several each.
+    fn cores_for(&self, threads: usize) -> Cores {
+        if threads == self.intra_threads || threads == 1 {
+            self.cores.clone()
+        } else {
+            Cores::unpinned()
         }
     }
 
@@ -60,6 +77,7 @@ impl SaliencyStage {
         method: SaliencyMethod,
         threads: usize,
     ) -> Result<&mut GradientModel, SaliencyError> {
+        let cores = self.cores_for(threads);
         let slot = match self.models.entry((task, method, threads)) {
             Entry::Occupied(built) => return Ok(built.into_mut()),
             Entry::Vacant(slot) => slot,
@@ -76,7 +94,16 @@ impl SaliencyStage {
             .iter()
             .find(|o| o.kind == "scores")
             .map(|o| o.name.as_str());
-        let model = GradientModel::new(&bytes, logits, method, threads)?;
+        let model = GradientModel::with_options(
+            &bytes,
+            &SaliencyOptions {
+                method,
+                pre_softmax_output: logits,
+                gradcam_layer: None,
+                intra_threads: threads,
+                cores,
+            },
+        )?;
         log::info!(
             "saliency: built the {} gradient graph of {} ({threads} intra-op thread(s))",
             method,
@@ -121,6 +148,7 @@ impl SaliencyStage {
                 .collect();
         }
         let threads = (self.intra_threads / jobs.len()).max(1);
+        let cores = self.cores_for(threads);
         for &(task, _) in jobs {
             self.model(manifest, task, method, threads)?;
         }
@@ -147,7 +175,7 @@ impl SaliencyStage {
                 }
             })
             .collect();
-        let results = crate::parallel::side_by_side(work)
+        let results = crate::parallel::side_by_side(work, &cores)
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         let mut ordered: Vec<Option<SaliencyBatch>> = (0..jobs.len()).map(|_| None).collect();
