@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use face_perception::config::DEFAULT_INTRA_OP_THREADS;
 use face_perception::manifest::Manifest;
 use face_perception::parallel::{side_by_side, Cores};
-use face_perception::saliency::{GradientModel, SaliencyMethod};
+use face_perception::saliency::{GradientModel, SaliencyMethod, SaliencyOptions};
 use ndarray::Array4;
 use std::path::PathBuf;
 
@@ -49,6 +49,8 @@ fn golden_faces(name: &str, faces: usize) -> Option<Array4<f32>> {
     }))
 }
 
+/// The gradient graph of `name` with `threads` threads, its workers placed
+/// as the pipeline places them by default (`pin_threads`).
 fn load(
     name: &str,
     method: SaliencyMethod,
@@ -57,7 +59,13 @@ fn load(
     let manifest = Manifest::load(&repo().join("models")).ok()?;
     let entry = manifest.entry(name).ok()?;
     let bytes = manifest.read_verified(entry).ok()?;
-    let model = match GradientModel::new(&bytes, None, method, threads) {
+    let options = SaliencyOptions {
+        method,
+        intra_threads: threads,
+        cores: Cores::plan(true, threads),
+        ..SaliencyOptions::default()
+    };
+    let model = match GradientModel::with_options(&bytes, &options) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("skipping saliency bench: {e}");
@@ -89,6 +97,11 @@ fn bench_saliency(c: &mut Criterion) {
             eprintln!("skipping saliency bench: models or golden fixtures missing");
             return;
         };
+        // The calling thread where the pipeline puts it: pinned with 2 or
+        // more threads (a pinned caller with free workers would be slower
+        // than either), free with 1.
+        let cores = Cores::plan(true, threads);
+        cores.pin_caller();
         c.bench_function(
             &format!("saliency_{method}_5_faces_emotion_then_gender_{threads}thr"),
             |b| {
@@ -128,6 +141,7 @@ fn bench_saliency(c: &mut Criterion) {
                     })
                 },
             );
+            cores.pin_caller();
         }
         c.bench_function(
             &format!("saliency_{method}_5_faces_emotion_{threads}thr"),
