@@ -33,6 +33,7 @@ demo: setup
 bench: setup
 	@$(ENV) cargo bench --no-default-features
 	@$(ENV) cargo build --release --bin face_perception_node --example node_bench --quiet && target/release/examples/node_bench 20
+	@$(ENV) cargo run --release --example idle_frames --quiet
 
 # colcon build of a workspace holding both packages, as a robot integrator
 # would run it next to a system ROS 2 (here: the PyPI ROS 2 prefix).
