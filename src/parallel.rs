@@ -135,17 +135,24 @@ impl Cores {
 }
 
 /// The process-wide pool the jobs beyond the first run on, created on first
-/// use with one thread less than the machine has cores (at least one).
-fn workers() -> &'static rayon_core::ThreadPool {
-    static WORKERS: OnceLock<rayon_core::ThreadPool> = OnceLock::new();
-    WORKERS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        rayon_core::ThreadPoolBuilder::new()
-            .num_threads(cores.saturating_sub(1).max(1))
-            .thread_name(|i| format!("face_perception-worker-{i}"))
-            .build()
-            .expect("the worker pool's threads could not be started")
-    })
+/// use with one thread less than the machine has cores (at least one);
+/// `None` if its threads could not be started (then jobs run one after the
+/// other on the caller).
+fn workers() -> Option<&'static rayon_core::ThreadPool> {
+    static WORKERS: OnceLock<Option<rayon_core::ThreadPool>> = OnceLock::new();
+    WORKERS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, usize::from);
+            rayon_core::ThreadPoolBuilder::new()
+                .num_threads(cores.saturating_sub(1).max(1))
+                .thread_name(|i| format!("face_perception-worker-{i}"))
+                .build()
+                .map_err(|e| {
+                    log::warn!("no worker threads ({e}): side-by-side jobs run one after the other")
+                })
+                .ok()
+        })
+        .as_ref()
 }
 
 /// Runs every job and returns their results in the jobs' order: the first on
@@ -177,8 +184,13 @@ where
         1 => Some(cores.0[0]),
         n => Some(cores.0[1 + (k - 1) % (n - 1)]),
     };
+    let Some(pool) = workers() else {
+        return std::iter::once(first())
+            .chain(rest.into_iter().map(|job| job()))
+            .collect();
+    };
     let mut slots: Vec<Option<T>> = (0..rest.len()).map(|_| None).collect();
-    let first_result = workers().in_place_scope(|scope| {
+    let first_result = pool.in_place_scope(|scope| {
         for (k, (job, slot)) in rest.into_iter().zip(slots.iter_mut()).enumerate() {
             let core = core_of(k + 1);
             scope.spawn(move |_| {

@@ -284,6 +284,8 @@ pub struct Pipeline {
     saliency: SaliencyStage,
     /// Where the pipeline's threads run ([`cores`]).
     cores: Cores,
+    /// Where the classifiers' side-by-side jobs run ([`classifier_cores`]).
+    classifier_cores: Cores,
 }
 
 fn needs_manifest(config: &Config) -> bool {
@@ -467,6 +469,7 @@ impl Pipeline {
             tracker: Tracker::new(config.tracker()),
             saliency: SaliencyStage::new(config.intra_op_threads(), cores(config)),
             cores: cores(config),
+            classifier_cores: classifier_cores(config),
         })
     }
 
@@ -554,6 +557,7 @@ impl Pipeline {
             self.cores = cores(config);
         }
         self.tracker.reconfigure(config.tracker());
+        self.classifier_cores = classifier_cores(config);
         self.config = config.clone();
         self.key = key;
         log::info!("pipeline reconfigured (models reloaded: {reload_all}, detector reloaded: {detector_changed})");
@@ -604,8 +608,15 @@ impl Pipeline {
         .filter_map(|(task, slot)| slot.as_mut().map(|c| (task, c)))
         .collect();
         let mut classified = ClassifiedFaces::default();
-        let cores = classifier_cores(&self.config);
-        classify_into(&mut classified, jobs, frame, faces, align, parallel, &cores)?;
+        classify_into(
+            &mut classified,
+            jobs,
+            frame,
+            faces,
+            align,
+            parallel,
+            &self.classifier_cores,
+        )?;
         Ok(classified)
     }
 
@@ -704,7 +715,6 @@ impl Pipeline {
             }
         }
         let parallel = classifiers_in_parallel(&self.config);
-        let cores = classifier_cores(&self.config);
         classify_into(
             &mut classified,
             plain,
@@ -712,7 +722,7 @@ impl Pipeline {
             &detections,
             align,
             parallel,
-            &cores,
+            &self.classifier_cores,
         )?;
         let classified_at = Instant::now();
 
