@@ -193,7 +193,7 @@ fn bench_stages(c: &mut Criterion) {
             );
         }
     }
-    // precision int8: int8 CenterFace and gender, fp32 emotion.
+    // precision int8: int8 CenterFace and gender, partly int8 emotion.
     let mut p = pipeline_at(1, "int8", "dnn");
     for (w, h) in SIZES {
         let f = frame(w, h, 5);
@@ -209,18 +209,21 @@ fn bench_stages(c: &mut Criterion) {
         BenchmarkId::new("classify_gender_emotion_int8_t1", &id),
         |b| b.iter(|| p.classify(black_box(&f), &faces).unwrap()),
     );
-    // Two threads: int8 gender and fp32 emotion side by side, one thread each.
+    // Two threads: the int8 classifiers side by side, one thread each.
     let mut p2 = pipeline_at(2, "int8", "dnn");
     group.bench_function(
         BenchmarkId::new("classify_gender_emotion_int8_t2", &id),
         |b| b.iter(|| p2.classify(black_box(&f), &faces).unwrap()),
     );
-    let (session, entry) = load_session(&manifest, "gender_int8", 1, &Cores::unpinned()).unwrap();
-    let mut gender = Classifier::new(ClassifierTask::Gender, session, &entry, faces.len()).unwrap();
-    gender.prepare(&f, &faces, true).unwrap();
-    group.bench_function(BenchmarkId::new("run_gender_int8", &id), |b| {
-        b.iter(|| gender.run().unwrap())
-    });
+    for task in [ClassifierTask::Gender, ClassifierTask::Emotion] {
+        let name = format!("{}_int8", task.model_name());
+        let (session, entry) = load_session(&manifest, &name, 1, &Cores::unpinned()).unwrap();
+        let mut classifier = Classifier::new(task, session, &entry, faces.len()).unwrap();
+        classifier.prepare(&f, &faces, true).unwrap();
+        group.bench_function(BenchmarkId::new(format!("run_{name}"), &id), |b| {
+            b.iter(|| classifier.run().unwrap())
+        });
+    }
     let mut haar = pipeline(1, "haar");
     let f = frame(640, 480, 5);
     group.bench_function(BenchmarkId::new("detect_haar", "640x480"), |b| {

@@ -29,19 +29,21 @@ use std::path::{Path, PathBuf};
 const TOLERANCE: f32 = 1e-4;
 
 /// The model names the rest of the crate looks up, with their tasks.
-const EXPECTED_MODELS: [(&str, Task); 7] = [
+const EXPECTED_MODELS: [(&str, Task); 8] = [
     ("face_detector", Task::FaceDetection),
     ("face_detector_centerface", Task::FaceDetection),
     ("face_detector_centerface_int8", Task::FaceDetection),
     ("emotion", Task::Emotion),
+    ("emotion_int8", Task::Emotion),
     ("gender", Task::Gender),
     ("gender_int8", Task::Gender),
     ("age", Task::Age),
 ];
 
 /// The int8 variants (`precision: int8`) and their fp32 models.
-const INT8_VARIANTS: [(&str, &str); 2] = [
+const INT8_VARIANTS: [(&str, &str); 3] = [
     ("face_detector_centerface_int8", "face_detector_centerface"),
+    ("emotion_int8", "emotion"),
     ("gender_int8", "gender"),
 ];
 

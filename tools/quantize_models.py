@@ -1,17 +1,20 @@
-"""Int8 variants of CenterFace and the dlib gender network (`precision: int8`).
+"""Int8 variants of CenterFace, the dlib gender network and (in part) the
+emotion mini-Xception (`precision: int8`).
 
 Static quantisation with ONNX Runtime's own quantiser: QDQ format,
 activations uint8 (asymmetric), weights int8 per output channel (symmetric),
-MinMax calibration; Softmax stays float. The emotion mini-Xception is not
-quantised: all ops int8 ran at 0.8x fp32 in ONNX Runtime 1.31.1 (its 60 x 60
-stem convs with 1 and 8 channels lose most), only its last residual blocks
-int8 at 1.08x. Other quantiser options tried on CenterFace (first conv or heads
-left float, per-tensor weights, QOperator, symmetric activations, uint8
-weights, ConvTranspose as Conv + DepthToSpace) were not clearly faster or lost
-accuracy: models/README.md, "Tried and not kept". Note that excluding a Conv
-that sits between a DequantizeLinear and a QuantizeLinear does not keep it
-float: ONNX Runtime quantises its weights itself (per tensor) when it loads
-the model.
+MinMax calibration; Softmax stays float. Of the emotion mini-Xception only
+the last two residual blocks and the classifier (EMOTION_INT8_NODES) are
+quantised, the rest stays float: all ops int8 ran at 0.8x fp32 in ONNX
+Runtime 1.31.1 (its 60 x 60 stem convs with 1 and 8 channels lose most),
+this partial variant at 1.03x to 1.09x. Other quantiser options tried on
+CenterFace (first conv or heads left float, per-tensor weights, QOperator,
+symmetric activations, uint8 weights, ConvTranspose as Conv + DepthToSpace)
+were not clearly faster or lost accuracy: models/README.md, "Options tried".
+Excluding a Conv that sits between a DequantizeLinear and a QuantizeLinear
+does not keep it float (ONNX Runtime quantises its weights itself, per
+tensor, when it loads the model), hence one int8 tail for emotion rather than
+int8 with float holes.
 
 Calibration data are the benchmark frames made by benches/make_bench_frames.py
 (tests/fixtures/core/frame_*.jpg, tiled from the test photos) and their mirror
@@ -22,16 +25,20 @@ images; the single test photos are left for checking (tests/core_int8.rs):
   faces and boxes collapse at full resolution.
 * gender: the aligned 32 px chips (tools/chip_alignment.py) of the faces fp32
   CenterFace finds in those frames.
+* emotion: the 64 px grey chips of the same faces (square around the box grown
+  by the manifest's crop_padding 0.1 on each side, axis-aligned, supersampled
+  x4 and box-averaged).
 
 CenterFace is first converted from opset 9 to 13 (per-channel QDQ needs
-opset >= 13); both models go through ONNX Runtime's `quant_pre_process`
+opset >= 13); all three go through ONNX Runtime's `quant_pre_process`
 (batch norm folded into the convolutions, shapes inferred). The input keeps
 its dynamic N x 3 x H x W shape. The output depends on the onnxruntime and
 onnx versions, so other versions are refused.
 
 Run: `python tools/quantize_models.py MODELS_DIR FRAMES_DIR OUT_DIR`: reads
-centerface.onnx and gender-v1.onnx from MODELS_DIR, writes
-centerface.int8.onnx and gender-v1.int8.onnx into OUT_DIR
+centerface.onnx, gender-v1.onnx and emotion_mini_xception.onnx from
+MODELS_DIR, writes centerface.int8.onnx, gender-v1.int8.onnx and
+emotion_mini_xception.int8.onnx into OUT_DIR
 (tools/regenerate_models.sh passes freshly rebuilt models and frames).
 """
 
@@ -66,9 +73,31 @@ CALIBRATION_SIZE = (320, 256)
 GENDER_MEAN = np.array([122.781998, 117.000999, 104.297997], dtype=np.float32)
 GENDER_SCALE = 1.0 / 256.0
 GENDER_CHIP_SIZE = 32
-# (source file, output file, input name)
-CENTERFACE = ("centerface.onnx", "centerface.int8.onnx", "input")
-GENDER = ("gender-v1.onnx", "gender-v1.int8.onnx", "images")
+EMOTION_PADDING = 0.1
+EMOTION_CHIP_SIZE = 64
+EMOTION_SUPERSAMPLING = 4
+# The emotion nodes quantised: the last two residual blocks (separable convs
+# 5 to 8 with the ReLU between each pair, the shortcut convs conv2d_5 and
+# conv2d_6, their pools and adds), the classifier conv and the global average
+# pool. Quantising earlier blocks, the stem in particular, made it slower
+# (models/README.md).
+EMOTION_INT8_NODES = [
+    # block 3
+    "separable_conv2d_5/depthwise", "separable_conv2d_5", "activation_5",
+    "separable_conv2d_6/depthwise", "separable_conv2d_6",
+    "conv2d_5", "max_pooling2d_3", "add_3",
+    # block 4
+    "separable_conv2d_7/depthwise", "separable_conv2d_7", "activation_6",
+    "separable_conv2d_8/depthwise", "separable_conv2d_8",
+    "conv2d_6", "max_pooling2d_4", "add_4",
+    # classifier
+    "conv2d_7", "global_average_pooling2d_1",
+]
+# (source file, output file, input name, nodes to quantise: None for all but Softmax)
+CENTERFACE = ("centerface.onnx", "centerface.int8.onnx", "input", None)
+GENDER = ("gender-v1.onnx", "gender-v1.int8.onnx", "images", None)
+EMOTION = ("emotion_mini_xception.onnx", "emotion_mini_xception.int8.onnx", "input",
+           tuple(EMOTION_INT8_NODES))
 
 
 def check_versions() -> None:
@@ -117,6 +146,22 @@ def gender_inputs(frames: list[np.ndarray], detector: ort.InferenceSession) -> l
     return inputs
 
 
+def emotion_inputs(frames: list[np.ndarray], detector: ort.InferenceSession) -> list[np.ndarray]:
+    """[1, 1, 64, 64] normalised grey chips of every face fp32 CenterFace finds."""
+    inputs = []
+    big = EMOTION_CHIP_SIZE * EMOTION_SUPERSAMPLING
+    for frame in frames:
+        grey = Image.fromarray(frame).convert("L")
+        for face in centerface_decode.detect_image(detector, frame):
+            cx, cy = (face.x1 + face.x2) / 2, (face.y1 + face.y2) / 2
+            half = max(face.x2 - face.x1, face.y2 - face.y1) * (0.5 + EMOTION_PADDING)
+            region = grey.transform((big, big), Image.EXTENT, (cx - half, cy - half, cx + half, cy + half),
+                                    Image.BILINEAR)
+            pixels = np.asarray(region.reduce(EMOTION_SUPERSAMPLING), dtype=np.float32)
+            inputs.append(((pixels - 127.5) / 127.5)[None, None])
+    return inputs
+
+
 class Inputs(CalibrationDataReader):
     """Calibration reader over a fixed list of inputs of one graph input."""
 
@@ -133,7 +178,8 @@ class Inputs(CalibrationDataReader):
         self.next_index = 0
 
 
-def quantise(src: Path, dst: Path, input_name: str, inputs: list[np.ndarray], work: Path) -> None:
+def quantise(src: Path, dst: Path, input_name: str, inputs: list[np.ndarray], work: Path,
+             nodes: tuple[str, ...] | None) -> None:
     model = onnx.load(src)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < QDQ_MIN_OPSET:
@@ -141,11 +187,16 @@ def quantise(src: Path, dst: Path, input_name: str, inputs: list[np.ndarray], wo
     upgraded, prepared = work / f"{src.stem}.opset.onnx", work / f"{src.stem}.pre.onnx"
     onnx.save(model, upgraded)
     quant_pre_process(str(upgraded), str(prepared), skip_symbolic_shape=True)
-    softmax = [n.name for n in onnx.load(prepared).graph.node if n.op_type == "Softmax"]
+    graph = onnx.load(prepared).graph
+    softmax = [n.name for n in graph.node if n.op_type == "Softmax"]
+    missing = sorted(set(nodes or ()) - {n.name for n in graph.node})
+    if missing:
+        raise SystemExit(f"{src.name}: no nodes {missing}")
     quantize_static(
         str(prepared), str(dst), Inputs(input_name, inputs),
         quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        nodes_to_quantize=list(nodes) if nodes else None,
         nodes_to_exclude=softmax, calibrate_method=CalibrationMethod.MinMax,
     )
 
@@ -159,10 +210,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     frames = calibration_frames(frames_dir)
     detector = ort.InferenceSession(str(models / CENTERFACE[0]), providers=["CPUExecutionProvider"])
-    calibration = {CENTERFACE: detector_inputs(frames), GENDER: gender_inputs(frames, detector)}
+    calibration = {
+        CENTERFACE: detector_inputs(frames),
+        GENDER: gender_inputs(frames, detector),
+        EMOTION: emotion_inputs(frames, detector),
+    }
     with tempfile.TemporaryDirectory() as work:
-        for (source, target, input_name), inputs in calibration.items():
-            quantise(models / source, out / target, input_name, inputs, Path(work))
+        for (source, target, input_name, nodes), inputs in calibration.items():
+            quantise(models / source, out / target, input_name, inputs, Path(work), nodes)
             print(f"{target}: calibrated on {len(inputs)} inputs")
 
 
