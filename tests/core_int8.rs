@@ -155,6 +155,7 @@ fn int8_centerface_finds_the_fp32_faces() {
 #[test]
 fn int8_gender_keeps_the_fp32_top_class() {
     let mut largest = 0.0f32;
+    let mut unsure = 0.0f32;
     let mut faces_seen = 0;
     for side in DETECTION_SIDES {
         let mut fp32 = pipeline("fp32", "dnn", side);
@@ -172,6 +173,7 @@ fn int8_gender_keeps_the_fp32_top_class() {
                     largest = largest.max(difference);
                     INT8_GENDER_PROBABILITY
                 } else {
+                    unsure = unsure.max(difference);
                     INT8_GENDER_PROBABILITY_UNSURE
                 };
                 assert!(
@@ -184,7 +186,7 @@ fn int8_gender_keeps_the_fp32_top_class() {
     }
     println!(
         "int8 vs fp32 gender: {faces_seen} faces, largest probability difference \
-         {largest:.4} where fp32 is sure"
+         {largest:.4} where fp32 is sure, {unsure:.4} where it is not"
     );
 }
 
@@ -221,10 +223,13 @@ fn int8_emotion_keeps_the_fp32_top_class() {
 
 /// With saliency the explained classifier's labels come from the gradient
 /// graph, built from the fp32 model: int8 must not leak into them. BlazeFace
-/// has no int8 variant, so both pipelines see the same faces.
+/// has no int8 variant, so both pipelines see the same faces. The cameraman,
+/// because int8 gender differs clearly from fp32 there (0.09; on Grace
+/// Hopper the int8 model in use since the average pools became depthwise
+/// convolutions is within 7e-5 of fp32, too close to tell from the bound).
 #[test]
 fn explained_gender_is_the_fp32_model_under_int8() {
-    let frame = photo("grace_hopper.jpg");
+    let frame = photo("camera.jpg");
     let mut fp32 = pipeline("fp32", "blazeface", 320);
     let mut int8 = pipeline("int8", "blazeface", 320);
     let plain_fp32 = fp32.process(&frame, &FrameRequest::default()).unwrap();
