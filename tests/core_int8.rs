@@ -13,7 +13,7 @@
 use face_perception::classify::{Classification, ClassifierTask};
 use face_perception::config::{Config, RawConfig};
 use face_perception::frame::{Frame, FrameLimits};
-use face_perception::pipeline::{Explain, FrameRequest, Pipeline};
+use face_perception::pipeline::{ClassifiedFaces, Explain, FrameRequest, Pipeline};
 use face_perception::saliency::SaliencyMethod;
 use std::path::PathBuf;
 
@@ -152,72 +152,73 @@ fn int8_centerface_finds_the_fp32_faces() {
     println!("int8 vs fp32 CenterFace: lowest box IoU {worst:.3}");
 }
 
-#[test]
-fn int8_gender_keeps_the_fp32_top_class() {
-    let mut largest = 0.0f32;
-    let mut unsure = 0.0f32;
-    let mut faces_seen = 0;
+/// Every face fp32 CenterFace finds on the test photos at each detection
+/// side, classified for `task` by the fp32 and the int8 pipeline on the same
+/// faces (so only the classifier differs): (where, fp32, int8) per face.
+fn same_faces_both_precisions(
+    task: ClassifierTask,
+) -> Vec<(String, Classification, Classification)> {
+    let mut pairs = Vec::new();
     for side in DETECTION_SIDES {
         let mut fp32 = pipeline("fp32", "dnn", side);
         let mut int8 = pipeline("int8", "dnn", side);
         for name in PHOTOS {
             let frame = photo(name);
-            // The same faces for both, so only the classifier differs.
             let faces = fp32.detect(&frame).unwrap();
-            let a = fp32.classify(&frame, &faces).unwrap().gender.unwrap();
-            let b = int8.classify(&frame, &faces).unwrap().gender.unwrap();
-            for (i, (a, b)) in a.iter().zip(&b).enumerate() {
-                let difference = max_difference(a, b);
+            let of_task = |c: ClassifiedFaces| match task {
+                ClassifierTask::Gender => c.gender,
+                ClassifierTask::Emotion => c.emotion,
+                ClassifierTask::Age => c.age,
+            };
+            let a = of_task(fp32.classify(&frame, &faces).unwrap()).unwrap();
+            let b = of_task(int8.classify(&frame, &faces).unwrap()).unwrap();
+            assert_eq!(a.len(), faces.len(), "{name} at {side}");
+            assert_eq!(b.len(), faces.len(), "{name} at {side}");
+            for (i, (a, b)) in a.into_iter().zip(b).enumerate() {
                 assert_eq!(a.top, b.top, "{name} at {side}, face {i}: {a:?} vs {b:?}");
-                let bound = if a.confidence() >= CONFIDENT {
-                    largest = largest.max(difference);
-                    INT8_GENDER_PROBABILITY
-                } else {
-                    unsure = unsure.max(difference);
-                    INT8_GENDER_PROBABILITY_UNSURE
-                };
-                assert!(
-                    difference <= bound,
-                    "{name} at {side}, face {i}: {a:?} vs {b:?}"
-                );
-                faces_seen += 1;
+                pairs.push((format!("{name} at {side}, face {i}"), a, b));
             }
         }
     }
+    pairs
+}
+
+#[test]
+fn int8_gender_keeps_the_fp32_top_class() {
+    let (mut sure, mut unsure) = (0.0f32, 0.0f32);
+    let pairs = same_faces_both_precisions(ClassifierTask::Gender);
+    for (at, a, b) in &pairs {
+        let difference = max_difference(a, b);
+        let (bound, largest) = if a.confidence() >= CONFIDENT {
+            (INT8_GENDER_PROBABILITY, &mut sure)
+        } else {
+            (INT8_GENDER_PROBABILITY_UNSURE, &mut unsure)
+        };
+        assert!(difference <= bound, "{at}: {a:?} vs {b:?}");
+        *largest = largest.max(difference);
+    }
     println!(
-        "int8 vs fp32 gender: {faces_seen} faces, largest probability difference \
-         {largest:.4} where fp32 is sure, {unsure:.4} where it is not"
+        "int8 vs fp32 gender: {} faces, largest probability difference {sure:.4} where \
+         fp32 is sure, {unsure:.4} where it is not",
+        pairs.len()
     );
 }
 
 #[test]
 fn int8_emotion_keeps_the_fp32_top_class() {
     let mut largest = 0.0f32;
-    let mut faces_seen = 0;
-    for side in DETECTION_SIDES {
-        let mut fp32 = pipeline("fp32", "dnn", side);
-        let mut int8 = pipeline("int8", "dnn", side);
-        for name in PHOTOS {
-            let frame = photo(name);
-            // The same faces for both, so only the classifier differs.
-            let faces = fp32.detect(&frame).unwrap();
-            let a = fp32.classify(&frame, &faces).unwrap().emotion.unwrap();
-            let b = int8.classify(&frame, &faces).unwrap().emotion.unwrap();
-            assert_eq!(a.len(), faces.len(), "{name} at {side}");
-            for (i, (a, b)) in a.iter().zip(&b).enumerate() {
-                let difference = max_difference(a, b);
-                assert_eq!(a.top, b.top, "{name} at {side}, face {i}: {a:?} vs {b:?}");
-                assert!(
-                    difference <= INT8_EMOTION_PROBABILITY,
-                    "{name} at {side}, face {i}: {a:?} vs {b:?}"
-                );
-                largest = largest.max(difference);
-                faces_seen += 1;
-            }
-        }
+    let pairs = same_faces_both_precisions(ClassifierTask::Emotion);
+    for (at, a, b) in &pairs {
+        let difference = max_difference(a, b);
+        assert!(
+            difference <= INT8_EMOTION_PROBABILITY,
+            "{at}: {a:?} vs {b:?}"
+        );
+        largest = largest.max(difference);
     }
     println!(
-        "int8 vs fp32 emotion: {faces_seen} faces, largest probability difference {largest:.4}"
+        "int8 vs fp32 emotion: {} faces, largest probability difference {largest:.4}",
+        pairs.len()
     );
 }
 
