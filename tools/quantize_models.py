@@ -15,7 +15,7 @@ The gender network's 2 x 2 average pools are first rewritten as the
 equivalent depthwise convolutions (weights 1/4, exact in int8 per channel):
 ONNX Runtime's QLinearAveragePool took 30 % of the int8 network's time, the
 int8 depthwise convolution a small part of it (gender, batch of 5, 1 thread:
-1.28 -> 0.89 ms).
+1.24 -> 0.87 ms).
 Excluding a Conv that sits between a DequantizeLinear and a QuantizeLinear
 does not keep it float (ONNX Runtime quantises its weights itself, per
 tensor, when it loads the model), hence one int8 tail for emotion rather than

@@ -113,8 +113,8 @@ struct AnalyzeArgs {
     #[arg(long)]
     no_pin_threads: bool,
     /// Model precision: fp32 (default) or int8 (int8 CenterFace and gender,
-    /// about 1.9x faster on CPUs with VNNI, and partly int8 emotion; saliency
-    /// still explains the fp32 models).
+    /// partly int8 emotion; faster on CPUs with VNNI, see models/README.md;
+    /// saliency still explains the fp32 models).
     #[arg(long, value_name = "fp32|int8")]
     precision: Option<String>,
     /// Further settings from a TOML file (fields of RawConfig); flags override it.

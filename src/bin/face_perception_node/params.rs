@@ -65,7 +65,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("intra_op_threads", "ONNX Runtime intra-op threads, 1..=64: the detector's and each saliency graph's; with 2 or more, the enabled classifiers run side by side and share them."),
     ("pin_threads", "Pin the inference thread and ONNX Runtime's workers to cores of their own (the first intra_op_threads CPUs the process may run on; choose them with taskset). Between frames the cores go idle, and unpinned, the next frame's worker tends to share the inference thread's core (measurements: README, Performance). Turn it off when other busy processes are pinned to those cores."),
     ("max_frame_pixels", "Largest accepted image, in pixels (width x height)."),
-    ("precision", "Model precision: \"fp32\" (default) or \"int8\" (int8 CenterFace detector and gender classifier, about 1.9x and 2.6x faster on CPUs with VNNI, and a partly int8 emotion classifier, about 1.1x; age and BlazeFace stay fp32; saliency images explain the fp32 models)."),
+    ("precision", "Model precision: \"fp32\" (default) or \"int8\" (int8 CenterFace detector and gender classifier and a partly int8 emotion classifier, faster on CPUs with VNNI (measurements: models/README.md); age and BlazeFace stay fp32; saliency images explain the fp32 models)."),
     ("input_transport", "\"raw\" (subscribe image) or \"compressed\" (subscribe image/compressed). Read-only."),
     ("max_frame_age", "Drop frames older than this many seconds (ROS clock, now - header.stamp); 0 disables."),
     ("saliency_method", "Saliency published on saliency/*: \"guided\" (guided backprop), \"plain\" (gradient) or \"gradcam\"."),
