@@ -22,29 +22,29 @@ use std::sync::OnceLock;
 /// once), in increasing order; empty if it cannot be read.
 fn allowed_cpus() -> &'static [usize] {
     static ALLOWED: OnceLock<Vec<usize>> = OnceLock::new();
-    ALLOWED.get_or_init(|| {
-        // SAFETY: `set` is a plain bit set that sched_getaffinity fills in;
-        // the size passed is its own.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(
-                libc::getpid(),
-                std::mem::size_of::<libc::cpu_set_t>(),
-                &mut set,
-            ) != 0
-            {
-                return Vec::new();
-            }
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-                .collect()
+    // SAFETY: getpid has no preconditions.
+    ALLOWED.get_or_init(|| affinity_of(unsafe { libc::getpid() }))
+}
+
+/// The CPUs thread or process `pid` may run on (0: the calling thread), in
+/// increasing order; empty if the mask cannot be read.
+fn affinity_of(pid: libc::pid_t) -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills in; the
+    // size passed is its own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
         }
-    })
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
 }
 
 /// Restricts the calling thread to `cpus`; false if the system refused.
 fn set_thread_affinity(cpus: &[usize]) -> bool {
-    // SAFETY: as in `allowed_cpus`; pid 0 is the calling thread.
+    // SAFETY: as in `affinity_of`; pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &cpu in cpus {
@@ -99,6 +99,20 @@ impl Cores {
         let allowed = allowed_cpus();
         if pin && threads >= 2 && allowed.len() >= threads {
             Self(allowed[..threads].to_vec())
+        } else {
+            Self::unpinned()
+        }
+    }
+
+    /// The cores of sessions run with `threads` threads each, under this
+    /// plan made for `total` threads: the plan itself when a run has all the
+    /// threads or one thread (side by side, one job per core); unpinned when
+    /// runs side by side have several threads each (one worker per core
+    /// would need a plan per run, and a pinned caller with free workers is
+    /// slower than both pinned or both free).
+    pub fn for_runs_of(&self, threads: usize, total: usize) -> Cores {
+        if threads == total || threads == 1 {
+            self.clone()
         } else {
             Self::unpinned()
         }
@@ -271,13 +285,15 @@ mod tests {
             Some((cores.0[1] + 1).to_string())
         );
         Cores::unpinned().pin_caller();
-        // SAFETY: as in `allowed_cpus`.
-        let mask_len = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-            libc::CPU_COUNT(&set) as usize
-        };
-        assert_eq!(mask_len, allowed_cpus().len());
+        assert_eq!(affinity_of(0), allowed_cpus());
+    }
+
+    #[test]
+    fn runs_with_all_threads_or_one_keep_the_plan_others_are_unpinned() {
+        let plan = Cores(vec![0, 1, 2, 3]);
+        assert_eq!(plan.for_runs_of(4, 4), plan);
+        assert_eq!(plan.for_runs_of(1, 4), plan);
+        assert_eq!(plan.for_runs_of(2, 4), Cores::unpinned());
     }
 
     #[test]

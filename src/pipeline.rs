@@ -355,16 +355,11 @@ fn cores(config: &Config) -> Cores {
     Cores::plan(config.pin_threads(), config.intra_op_threads())
 }
 
-/// The cores of the classifier sessions and of their side-by-side jobs: the
-/// pipeline's, unless the classifiers run side by side with several threads
-/// each (then nothing is pinned: one worker per core would need a plan per
-/// classifier).
+/// The cores of the classifier sessions and of their side-by-side jobs
+/// ([`Cores::for_runs_of`]): the pipeline's, unless the classifiers run side
+/// by side with several threads each.
 fn classifier_cores(config: &Config) -> Cores {
-    if classifiers_in_parallel(config) && classifier_threads(config) > 1 {
-        Cores::unpinned()
-    } else {
-        cores(config)
-    }
+    cores(config).for_runs_of(classifier_threads(config), config.intra_op_threads())
 }
 
 /// Cuts and classifies `faces` with each of `classifiers`; with `parallel`,

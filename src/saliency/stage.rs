@@ -57,15 +57,10 @@ impl SaliencyStage {
         }
     }
 
-    /// The cores of a gradient graph run with `threads` threads: the plan's
-    /// when it runs alone with all the threads, or side by side with one
-    /// thread each; unpinned when side by side with several each.
+    /// The cores of a gradient graph run with `threads` threads
+    /// ([`Cores::for_runs_of`]).
     fn cores_for(&self, threads: usize) -> Cores {
-        if threads == self.intra_threads || threads == 1 {
-            self.cores.clone()
-        } else {
-            Cores::unpinned()
-        }
+        self.cores.for_runs_of(threads, self.intra_threads)
     }
 
     /// The model of `(task, method)` with `threads` intra-op threads, built
