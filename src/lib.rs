@@ -4,12 +4,14 @@
 //! raw image buffer -> [`frame`] -> [`detect`] (face boxes) -> [`classify`]
 //! (gender, emotion, age per face) -> [`track`] (stable ids, smoothing) ->
 //! [`render`] (annotated image) and [`saliency`] (guided back-propagation).
-//! [`pipeline`] composes the stages; [`manifest`] describes the models in
+//! [`pipeline`] composes the stages ([`balance`] shares the classifiers' work
+//! among the cores); [`manifest`] describes the models in
 //! `models/`; [`runtime`] loads ONNX Runtime once per process.
 //!
 //! Nothing here imports ROS: the ROS 2 node (`src/bin/face_perception_node`)
 //! is a thin layer over [`pipeline`].
 
+pub mod balance;
 pub mod classify;
 pub mod config;
 pub mod detect;

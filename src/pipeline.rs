@@ -24,6 +24,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::balance::{classify_shared, Replicas};
 use crate::classify::{
     softmax_in_place, AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError,
     FaceChip,
@@ -277,9 +278,9 @@ pub struct Pipeline {
     key: LoadKey,
     manifest: Option<Manifest>,
     detector: Detector,
-    gender: Option<Classifier>,
-    emotion: Option<Classifier>,
-    age: Option<Classifier>,
+    gender: Option<Replicas>,
+    emotion: Option<Replicas>,
+    age: Option<Replicas>,
     tracker: Tracker,
     saliency: SaliencyStage,
     /// Where the pipeline's threads run ([`cores`]).
@@ -362,45 +363,41 @@ fn classifier_cores(config: &Config) -> Cores {
     cores(config).for_runs_of(classifier_threads(config), config.intra_op_threads())
 }
 
-/// Cuts and classifies `faces` with each of `classifiers`; with `parallel`,
-/// side by side ([`crate::parallel::side_by_side`]). Results in the order of
-/// `classifiers`.
-fn classify_each(
-    classifiers: Vec<&mut Classifier>,
-    frame: &Frame,
-    faces: &[Detection],
-    align: bool,
-    parallel: bool,
-    cores: &Cores,
-) -> Result<Vec<Vec<Classification>>, ClassifyError> {
-    if !parallel || classifiers.len() < 2 || faces.is_empty() {
-        return classifiers
-            .into_iter()
-            .map(|c| c.classify(frame, faces, align))
-            .collect();
+/// Number of side-by-side lanes the classifiers' work is shared among
+/// ([`crate::balance`]): the intra-op threads divided by each classifier
+/// session's threads when the classifiers run side by side, else one.
+fn classifier_lanes(config: &Config) -> usize {
+    if classifiers_in_parallel(config) {
+        (config.intra_op_threads() / classifier_threads(config)).max(1)
+    } else {
+        1
     }
-    let jobs: Vec<_> = classifiers
-        .into_iter()
-        .map(|c| move || c.classify(frame, faces, align))
-        .collect();
-    crate::parallel::side_by_side(jobs, cores)
-        .into_iter()
-        .collect()
 }
 
-/// [`classify_each`] over `(task, classifier)` pairs, each result stored in
-/// its task's slot of `into`.
+/// Classifies `faces` with each of `jobs`' classifiers, the work shared
+/// among the configuration's lanes ([`classify_shared`]), and stores each
+/// result in its task's slot of `into`. A classifier that needs another
+/// instance for it gets one loaded like the first.
+#[allow(clippy::too_many_arguments)]
 fn classify_into(
     into: &mut ClassifiedFaces,
-    jobs: Vec<(ClassifierTask, &mut Classifier)>,
+    jobs: Vec<(ClassifierTask, &mut Replicas)>,
     frame: &Frame,
     faces: &[Detection],
-    align: bool,
-    parallel: bool,
+    config: &Config,
+    manifest: Option<&Manifest>,
     cores: &Cores,
-) -> Result<(), ClassifyError> {
-    let (tasks, classifiers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
-    let results = classify_each(classifiers, frame, faces, align, parallel, cores)?;
+) -> Result<(), PipelineError> {
+    let (tasks, mut classifiers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+    let results = classify_shared(
+        &mut classifiers,
+        frame,
+        faces,
+        config.classifiers().align_faces,
+        classifier_lanes(config),
+        cores,
+        |task| load_classifier(task, config, manifest),
+    )?;
     for (task, result) in tasks.into_iter().zip(results) {
         *into.slot_mut(task) = Some(result);
     }
@@ -440,7 +437,7 @@ impl Pipeline {
         let c = config.classifiers();
         let load = |enabled: bool, task| {
             enabled
-                .then(|| load_classifier(task, config, manifest.as_ref()))
+                .then(|| load_classifier(task, config, manifest.as_ref()).map(Replicas::new))
                 .transpose()
         };
         let gender = load(c.gender, ClassifierTask::Gender)?;
@@ -511,20 +508,20 @@ impl Pipeline {
         };
         let c = config.classifiers();
         let max_faces = config.detector().max_faces;
-        let next = |current: &Option<Classifier>,
+        let next = |current: &Option<Replicas>,
                     enabled: bool,
                     task: ClassifierTask|
-         -> Result<Option<Option<Classifier>>, PipelineError> {
+         -> Result<Option<Option<Replicas>>, PipelineError> {
             match (current, enabled) {
                 (_, false) => Ok(Some(None)),
                 (Some(_), true) if !reload_classifiers && !variant_changed(task.model_name()) => {
                     Ok(None)
                 }
-                _ => Ok(Some(Some(load_classifier(
+                _ => Ok(Some(Some(Replicas::new(load_classifier(
                     task,
                     config,
                     manifest.as_ref(),
-                )?))),
+                )?)))),
             }
         };
         let gender = next(&self.gender, c.gender, ClassifierTask::Gender)?;
@@ -559,13 +556,25 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The classifier for `task`, when enabled.
-    pub fn classifier(&self, task: ClassifierTask) -> Option<&Classifier> {
+    /// The instances of `task`'s classifier, when enabled.
+    fn replicas(&self, task: ClassifierTask) -> Option<&Replicas> {
         match task {
             ClassifierTask::Gender => self.gender.as_ref(),
             ClassifierTask::Emotion => self.emotion.as_ref(),
             ClassifierTask::Age => self.age.as_ref(),
         }
+    }
+
+    /// The classifier for `task`, when enabled.
+    pub fn classifier(&self, task: ClassifierTask) -> Option<&Classifier> {
+        self.replicas(task).map(Replicas::main)
+    }
+
+    /// How many instances of `task`'s model are loaded (0 when disabled):
+    /// more than one once its faces were shared among cores
+    /// ([`crate::balance`]).
+    pub fn classifier_instances(&self, task: ClassifierTask) -> usize {
+        self.replicas(task).map_or(0, Replicas::instances)
     }
 
     /// The detector backend's name.
@@ -592,8 +601,6 @@ impl Pipeline {
         faces: &[Detection],
     ) -> Result<ClassifiedFaces, PipelineError> {
         self.cores.pin_caller();
-        let align = self.config.classifiers().align_faces;
-        let parallel = classifiers_in_parallel(&self.config);
         let jobs = [
             (ClassifierTask::Gender, &mut self.gender),
             (ClassifierTask::Emotion, &mut self.emotion),
@@ -608,8 +615,8 @@ impl Pipeline {
             jobs,
             frame,
             faces,
-            align,
-            parallel,
+            &self.config,
+            self.manifest.as_ref(),
             &self.classifier_cores,
         )?;
         Ok(classified)
@@ -621,7 +628,7 @@ impl Pipeline {
         request: &SaliencyRequest,
         faces: &[FaceResult],
     ) -> Option<SaliencyInputs> {
-        let classifier = self.classifier(request.task)?;
+        let classifier = self.replicas(request.task)?;
         let top_classes = faces
             .iter()
             .map(|f| match request.task {
@@ -632,8 +639,8 @@ impl Pipeline {
             .collect();
         Some(SaliencyInputs {
             request: request.clone(),
-            batch: classifier.last_batch().to_owned(),
-            chips: classifier.last_chips().to_vec(),
+            batch: classifier.last_batch(),
+            chips: classifier.last_chips(),
             face_ids: faces.iter().map(|f| f.id.clone()).collect(),
             top_classes,
         })
@@ -675,14 +682,15 @@ impl Pipeline {
             (ClassifierTask::Emotion, &mut self.emotion),
             (ClassifierTask::Age, &mut self.age),
         ] {
-            let Some(c) = slot.as_mut() else {
+            let Some(replicas) = slot.as_mut() else {
                 continue;
             };
             if manifest.is_some() && explained(task) {
+                let c = replicas.main_mut();
                 c.prepare(frame, &detections, align)?;
                 explaining.push((task, c));
             } else {
-                plain.push((task, c));
+                plain.push((task, replicas));
             }
         }
         if let (Some(manifest), Some(method), false) =
@@ -709,14 +717,13 @@ impl Pipeline {
                 *classified.slot_mut(*task) = Some(classes);
             }
         }
-        let parallel = classifiers_in_parallel(&self.config);
         classify_into(
             &mut classified,
             plain,
             frame,
             &detections,
-            align,
-            parallel,
+            &self.config,
+            manifest,
             &self.classifier_cores,
         )?;
         let classified_at = Instant::now();
@@ -726,7 +733,7 @@ impl Pipeline {
         let bin_years = self
             .age
             .as_ref()
-            .map(Classifier::bin_years)
+            .map(|age| age.main().bin_years())
             .unwrap_or_default();
         let ClassifiedFaces {
             gender,

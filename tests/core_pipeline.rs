@@ -309,38 +309,71 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
     let frame = photo("group.jpg");
-    // CenterFace at full size finds all three faces (BlazeFace only the largest).
-    let mut p = pipeline(RawConfig {
+    // One thread: one batched call per model, all faces in it. Two: the
+    // faces may be shared between the two cores (crate::balance), as two
+    // batched calls of one model; the results must not change either way.
+    let mut one_face_at_a_time = pipeline(RawConfig {
         detector: "centerface".into(),
-        detection_max_side: 640,
         enable_age: true,
+        intra_op_threads: 1,
         ..RawConfig::default()
     });
-    let faces = p.detect(&frame).unwrap();
-    assert_eq!(faces.len(), 3);
-    let batched = p.classify(&frame, &faces).unwrap();
-    for task in [
-        ClassifierTask::Gender,
-        ClassifierTask::Emotion,
-        ClassifierTask::Age,
-    ] {
-        assert_eq!(
-            p.classifier(task).unwrap().last_batch().shape()[0],
-            3,
-            "{task:?}"
-        );
-    }
-    for (i, face) in faces.iter().enumerate() {
-        let single = p.classify(&frame, std::slice::from_ref(face)).unwrap();
-        for (b, s) in [
-            (&batched.gender, &single.gender),
-            (&batched.emotion, &single.emotion),
-            (&batched.age, &single.age),
-        ] {
-            let (b, s) = (&b.as_ref().unwrap()[i], &s.as_ref().unwrap()[0]);
-            let diff = max_abs_diff(&b.probabilities, &s.probabilities);
-            // Tolerance 1e-4: batching may change the kernel's summation order.
-            assert!(diff < 1e-4, "face {i}: batched and single differ by {diff}");
+    for threads in [1, 2] {
+        // CenterFace at full size finds all three faces (BlazeFace only the largest).
+        let mut p = pipeline(RawConfig {
+            detector: "centerface".into(),
+            detection_max_side: 640,
+            enable_age: true,
+            intra_op_threads: threads,
+            ..RawConfig::default()
+        });
+        let faces = p.detect(&frame).unwrap();
+        assert_eq!(faces.len(), 3);
+        // Twice: the first call shares by equal times per face, the second
+        // by the measured ones.
+        for _ in 0..2 {
+            let batched = p.classify(&frame, &faces).unwrap();
+            let instances: usize = [
+                ClassifierTask::Gender,
+                ClassifierTask::Emotion,
+                ClassifierTask::Age,
+            ]
+            .into_iter()
+            .map(|task| p.classifier_instances(task))
+            .sum();
+            // Three classifiers on two cores: one of them is split.
+            assert_eq!(instances > 3, threads == 2, "{instances} instances");
+            if threads == 1 {
+                for task in [
+                    ClassifierTask::Gender,
+                    ClassifierTask::Emotion,
+                    ClassifierTask::Age,
+                ] {
+                    assert_eq!(
+                        p.classifier(task).unwrap().last_batch().shape()[0],
+                        3,
+                        "{task:?}"
+                    );
+                }
+            }
+            for (i, face) in faces.iter().enumerate() {
+                let single = one_face_at_a_time
+                    .classify(&frame, std::slice::from_ref(face))
+                    .unwrap();
+                for (b, s) in [
+                    (&batched.gender, &single.gender),
+                    (&batched.emotion, &single.emotion),
+                    (&batched.age, &single.age),
+                ] {
+                    let (b, s) = (&b.as_ref().unwrap()[i], &s.as_ref().unwrap()[0]);
+                    let diff = max_abs_diff(&b.probabilities, &s.probabilities);
+                    // Tolerance 1e-4: batching may change the kernel's summation order.
+                    assert!(
+                        diff < 1e-4,
+                        "{threads} threads, face {i}: batched and single differ by {diff}"
+                    );
+                }
+            }
         }
     }
 }
