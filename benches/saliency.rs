@@ -6,13 +6,17 @@
 //! bench skips with a message when the models, fixtures or ONNX Runtime are
 //! missing. Guided backprop runs at 1 and 2 intra-op threads per model, and
 //! with the two classifiers side by side on one thread each (what the
-//! pipeline does with its default 2 threads);
-//! `SALIENCY_BENCH_THREADS` fixes the thread count.
+//! pipeline did with its default 2 threads before it shared faces), and
+//! through the pipeline's saliency stage at 2 threads, which shares the
+//! faces between the cores (`*_shared_2thr`, what the node does now);
+//! `SALIENCY_BENCH_THREADS` fixes the thread count of the first cases.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use face_perception::classify::ClassifierTask;
 use face_perception::config::DEFAULT_INTRA_OP_THREADS;
 use face_perception::manifest::Manifest;
 use face_perception::parallel::{side_by_side, Cores};
+use face_perception::saliency::stage::SaliencyStage;
 use face_perception::saliency::{GradientModel, SaliencyMethod, SaliencyOptions};
 use ndarray::Array4;
 use std::path::PathBuf;
@@ -166,5 +170,54 @@ fn bench_saliency(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_saliency);
+/// What the pipeline runs: [`SaliencyStage::run_each`] at 2 threads, which
+/// shares the faces of the explained classifiers between the two cores by
+/// each graph's measured time per face (`face_perception::balance`).
+fn bench_saliency_stage(c: &mut Criterion) {
+    let Ok(manifest) = Manifest::load(&repo().join("models")) else {
+        eprintln!("skipping saliency stage bench: models missing");
+        return;
+    };
+    let (Some(emotion_faces), Some(gender_faces)) = (
+        golden_faces("emotion", FACES),
+        golden_faces("gender", FACES),
+    ) else {
+        eprintln!("skipping saliency stage bench: golden fixtures missing");
+        return;
+    };
+    for method in [SaliencyMethod::Guided, SaliencyMethod::GradCam] {
+        let cores = Cores::plan(true, 2);
+        let mut stage = SaliencyStage::new(2, cores.clone());
+        cores.pin_caller();
+        let both = [
+            (ClassifierTask::Emotion, emotion_faces.view()),
+            (ClassifierTask::Gender, gender_faces.view()),
+        ];
+        let emotion_only = [(ClassifierTask::Emotion, emotion_faces.view())];
+        for (name, jobs) in [
+            ("emotion_and_gender", &both[..]),
+            ("emotion", &emotion_only[..]),
+        ] {
+            // Build the graphs and learn the times per face before measuring.
+            for _ in 0..10 {
+                if let Err(e) = stage.run_each(&manifest, method, jobs) {
+                    eprintln!("skipping saliency stage bench: {e}");
+                    return;
+                }
+            }
+            c.bench_function(
+                &format!("saliency_{method}_5_faces_{name}_shared_2thr"),
+                |b| {
+                    b.iter(|| {
+                        stage
+                            .run_each(&manifest, method, jobs)
+                            .expect("saliency stage")
+                    })
+                },
+            );
+        }
+    }
+}
+
+criterion_group!(benches, bench_saliency, bench_saliency_stage);
 criterion_main!(benches);

@@ -22,7 +22,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 /// Weight of the newest frame in a classifier's time-per-face estimate.
-const COST_SMOOTHING: f64 = 0.2;
+const COST_SMOOTHING: f64 = 0.1;
 
 /// A classifier's share of one lane: the faces it runs there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,17 +102,112 @@ pub fn share(costs: &[f64], faces: usize, lanes: usize) -> Vec<Vec<Piece>> {
     out
 }
 
+/// Number of lanes in which `plan` has a piece of `classifier`: the
+/// instances of it that must run at the same time.
+pub fn lanes_of(plan: &[Vec<Piece>], classifier: usize) -> usize {
+    plan.iter()
+        .filter(|lane| lane.iter().any(|p| p.classifier == classifier))
+        .count()
+}
+
+/// A learned time per face: an exponential moving average of the frames'.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimePerFace(Option<f64>);
+
+impl TimePerFace {
+    /// Seconds per face, 0 while nothing was measured (which [`share`]
+    /// reads as "like the others").
+    pub fn seconds(&self) -> f64 {
+        self.0.unwrap_or(0.0)
+    }
+
+    /// Takes in one frame's `seconds` for `faces` faces.
+    pub fn learn(&mut self, seconds: f64, faces: usize) {
+        if faces == 0 || !seconds.is_finite() {
+            return;
+        }
+        let sample = seconds / faces as f64;
+        self.0 = Some(match self.0 {
+            None => sample,
+            Some(c) => c + COST_SMOOTHING * (sample - c),
+        });
+    }
+}
+
+/// What one lane did for one piece, and how long it took.
+pub struct Timed<T> {
+    /// The piece.
+    pub piece: Piece,
+    /// What running it gave.
+    pub output: T,
+    /// Its wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Runs the pieces of `plan` with `run`, the lanes side by side on `cores`
+/// ([`side_by_side`]), each lane's pieces in order on its thread. Each
+/// piece runs on the next unused one of its classifier's `instances`
+/// (`instances[j]` must hold [`lanes_of`]`(plan, j)` of them). Results
+/// sorted by classifier, then face: since a split classifier's lower faces
+/// are in the lower lane, each classifier's pieces come in face order.
+pub fn run_plan<W, T, F>(
+    plan: Vec<Vec<Piece>>,
+    instances: Vec<Vec<&mut W>>,
+    cores: &Cores,
+    run: F,
+) -> Vec<Timed<T>>
+where
+    W: Send,
+    T: Send,
+    F: Fn(&Piece, &mut W) -> T + Sync,
+{
+    let mut free: Vec<_> = instances.into_iter().map(Vec::into_iter).collect();
+    let run = &run;
+    let jobs: Vec<_> = plan
+        .into_iter()
+        .filter(|lane| !lane.is_empty())
+        .map(|lane| {
+            let work: Vec<(Piece, &mut W)> = lane
+                .into_iter()
+                .map(|piece| {
+                    let instance = free[piece.classifier]
+                        .next()
+                        .expect("an instance for every lane of each classifier");
+                    (piece, instance)
+                })
+                .collect();
+            move || {
+                work.into_iter()
+                    .map(|(piece, instance)| {
+                        let started = Instant::now();
+                        let output = run(&piece, instance);
+                        Timed {
+                            piece,
+                            output,
+                            seconds: started.elapsed().as_secs_f64(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
+        })
+        .collect();
+    let mut done: Vec<Timed<T>> = side_by_side(jobs, cores).into_iter().flatten().collect();
+    done.sort_by_key(|d| (d.piece.classifier, d.piece.faces.start));
+    done
+}
+
 /// One classifier as one or more instances of the same model, so that its
 /// faces can be classified in several lanes at once. Instance 0 is the
 /// classifier proper (labels, explained runs); the others are made on
 /// demand and kept.
 pub struct Replicas {
     instances: Vec<Classifier>,
-    /// Estimated seconds per face (chip cutting and inference), once measured.
-    cost_per_face: Option<f64>,
-    /// Which faces of the last [`classify_shared`] call each instance
-    /// holds, in face order (instance `i` the `i`-th range).
-    last_ranges: Vec<Range<usize>>,
+    /// Time per face (chip cutting and inference).
+    time_per_face: TimePerFace,
+    /// How many instances hold faces of the last [`classify_shared`] call
+    /// (instance `i` the `i`-th stretch in face order); 0 when the
+    /// classifier proper was prepared directly.
+    last_parts: usize,
 }
 
 impl Replicas {
@@ -120,8 +215,8 @@ impl Replicas {
     pub fn new(first: Classifier) -> Self {
         Self {
             instances: vec![first],
-            cost_per_face: None,
-            last_ranges: Vec::new(),
+            time_per_face: TimePerFace::default(),
+            last_parts: 0,
         }
     }
 
@@ -134,18 +229,13 @@ impl Replicas {
     /// (rather than through [`classify_shared`]) makes it the holder of the
     /// last batch.
     pub fn main_mut(&mut self) -> &mut Classifier {
-        self.last_ranges.clear();
+        self.last_parts = 0;
         &mut self.instances[0]
     }
 
     /// Number of instances loaded.
     pub fn instances(&self) -> usize {
         self.instances.len()
-    }
-
-    /// The estimated time per face in seconds, once a frame was classified.
-    pub fn cost_per_face(&self) -> Option<f64> {
-        self.cost_per_face
     }
 
     /// Grows every instance's preallocated batch to `capacity` faces.
@@ -158,10 +248,10 @@ impl Replicas {
     /// The normalised input batch of the last call, all faces in order,
     /// gathered from the instances that classified them.
     pub fn last_batch(&self) -> Array4<f32> {
-        if self.last_ranges.len() <= 1 {
+        if self.last_parts <= 1 {
             return self.main().last_batch().to_owned();
         }
-        let parts: Vec<_> = self.instances[..self.last_ranges.len()]
+        let parts: Vec<_> = self.instances[..self.last_parts]
             .iter()
             .map(Classifier::last_batch)
             .collect();
@@ -171,40 +261,21 @@ impl Replicas {
 
     /// Where each chip of the last batch came from, all faces in order.
     pub fn last_chips(&self) -> Vec<FaceChip> {
-        if self.last_ranges.len() <= 1 {
+        if self.last_parts <= 1 {
             return self.main().last_chips().to_vec();
         }
-        self.instances[..self.last_ranges.len()]
+        self.instances[..self.last_parts]
             .iter()
             .flat_map(|c| c.last_chips().iter().cloned())
             .collect()
     }
-
-    fn learn(&mut self, seconds: f64, faces: usize) {
-        if faces == 0 || !seconds.is_finite() {
-            return;
-        }
-        let sample = seconds / faces as f64;
-        self.cost_per_face = Some(match self.cost_per_face {
-            None => sample,
-            Some(c) => c + COST_SMOOTHING * (sample - c),
-        });
-    }
-}
-
-/// What one lane did for one piece.
-struct Done {
-    piece: Piece,
-    result: Result<Vec<Classification>, ClassifyError>,
-    seconds: f64,
 }
 
 /// Classifies `faces` with every one of `classifiers`, the work shared
 /// among `lanes` side-by-side lanes ([`share`], by each classifier's
 /// measured time per face; equal until measured) on `cores`
-/// ([`side_by_side`]). Missing instances are made with `new_instance`
-/// first. Results per classifier, in the order of `classifiers`, faces in
-/// order.
+/// ([`run_plan`]). Missing instances are made with `new_instance` first.
+/// Results per classifier, in the order of `classifiers`, faces in order.
 pub fn classify_shared<E: From<ClassifyError>>(
     classifiers: &mut [&mut Replicas],
     frame: &Frame,
@@ -223,15 +294,11 @@ pub fn classify_shared<E: From<ClassifyError>>(
     }
     let costs: Vec<f64> = classifiers
         .iter()
-        .map(|r| r.cost_per_face.unwrap_or(0.0))
+        .map(|r| r.time_per_face.seconds())
         .collect();
     let plan = share(&costs, faces.len(), lanes);
-    // Instances each classifier needs: one per lane it has a piece in.
     for (j, replicas) in classifiers.iter_mut().enumerate() {
-        let needed = plan
-            .iter()
-            .filter(|lane| lane.iter().any(|p| p.classifier == j))
-            .count();
+        let needed = lanes_of(&plan, j);
         while replicas.instances.len() < needed {
             let task = replicas.main().task();
             log::debug!(
@@ -242,55 +309,29 @@ pub fn classify_shared<E: From<ClassifyError>>(
             extra.reserve(faces.len());
             replicas.instances.push(extra);
         }
-        replicas.last_ranges.clear();
+        replicas.last_parts = needed;
     }
-    // Hand each piece the next unused instance of its classifier.
-    let mut free: Vec<std::slice::IterMut<'_, Classifier>> = classifiers
+    let instances = classifiers
         .iter_mut()
-        .map(|r| r.instances.iter_mut())
+        .map(|r| r.instances.iter_mut().collect())
         .collect();
-    let mut jobs = Vec::with_capacity(plan.len());
-    for lane in plan {
-        if lane.is_empty() {
-            continue;
-        }
-        let work: Vec<(Piece, &mut Classifier)> = lane
-            .into_iter()
-            .map(|piece| {
-                let instance = free[piece.classifier]
-                    .next()
-                    .expect("an instance was loaded for every lane of each classifier");
-                (piece, instance)
-            })
-            .collect();
-        jobs.push(move || {
-            work.into_iter()
-                .map(|(piece, classifier)| {
-                    let started = Instant::now();
-                    let result = classifier.classify(frame, &faces[piece.faces.clone()], align);
-                    Done {
-                        piece,
-                        result,
-                        seconds: started.elapsed().as_secs_f64(),
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
-    }
-    let mut done: Vec<Done> = side_by_side(jobs, cores).into_iter().flatten().collect();
-    // Lanes come back in order and a split classifier's lower faces are in
-    // the lower lane, so this keeps every classifier's faces in order.
-    done.sort_by_key(|d| (d.piece.classifier, d.piece.faces.start));
+    let done = run_plan(
+        plan,
+        instances,
+        cores,
+        |piece, classifier: &mut Classifier| {
+            classifier.classify(frame, &faces[piece.faces.clone()], align)
+        },
+    );
     let mut results: Vec<Vec<Classification>> = classifiers.iter().map(|_| Vec::new()).collect();
     let mut seconds = vec![0.0; classifiers.len()];
     for d in done {
         let j = d.piece.classifier;
-        results[j].extend(d.result?);
+        results[j].extend(d.output?);
         seconds[j] += d.seconds;
-        classifiers[j].last_ranges.push(d.piece.faces);
     }
     for (replicas, s) in classifiers.iter_mut().zip(seconds) {
-        replicas.learn(s, faces.len());
+        replicas.time_per_face.learn(s, faces.len());
     }
     Ok(results)
 }

@@ -408,9 +408,26 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
         explain: Some(Explain::all(SaliencyMethod::Guided)),
         ..FrameRequest::default()
     };
-    for request in [FrameRequest::default(), explain_gender, explain_both] {
-        let a = sequential.process(&frame, &request).unwrap();
-        let b = side_by_side.process(&frame, &request).unwrap();
+    // Twice each: the first frame shares the faces between the cores by
+    // equal times per face, the second by the measured ones; the kept
+    // classifier inputs are gathered from the instances that ran them.
+    let requests = [
+        FrameRequest::default(),
+        explain_gender,
+        explain_both,
+        request(false, ClassifierTask::Emotion),
+    ];
+    for request in requests.iter().flat_map(|r| [r, r]) {
+        let a = sequential.process(&frame, request).unwrap();
+        let b = side_by_side.process(&frame, request).unwrap();
+        if let (Some(x), Some(y)) = (&a.saliency, &b.saliency) {
+            assert_eq!(x.batch, y.batch);
+            assert_eq!(x.chips.len(), 3);
+            for (p, q) in x.chips.iter().zip(&y.chips) {
+                assert_eq!(p.chip_to_frame.0, q.chip_to_frame.0);
+            }
+        }
+        assert_eq!(a.saliency.is_some(), b.saliency.is_some());
         // The same saliency images, classifier by classifier (rendered to
         // 8 bits: one level of difference allowed for the thread counts).
         assert_eq!(a.saliency_images.len(), b.saliency_images.len());
