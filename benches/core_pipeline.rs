@@ -148,7 +148,8 @@ fn bench_stages(c: &mut Criterion) {
                 |b| b.iter(|| p.detect(black_box(&f)).unwrap()),
             );
         }
-        // With 2 threads the classifiers run side by side, one thread each.
+        // With 2 threads the classifiers run side by side, one thread each,
+        // their faces shared evenly between the two (crate::balance).
         let f = frame(640, 480, 5);
         let faces = p.detect(&f).unwrap();
         group.bench_function(
@@ -209,7 +210,8 @@ fn bench_stages(c: &mut Criterion) {
         BenchmarkId::new("classify_gender_emotion_int8_t1", &id),
         |b| b.iter(|| p.classify(black_box(&f), &faces).unwrap()),
     );
-    // Two threads: the int8 classifiers side by side, one thread each.
+    // Two threads: the int8 classifiers side by side, one thread each, their
+    // faces shared evenly between the two.
     let mut p2 = pipeline_at(2, "int8", "dnn");
     group.bench_function(
         BenchmarkId::new("classify_gender_emotion_int8_t2", &id),

@@ -1,5 +1,5 @@
 //! Saliency for one frame's faces: 5 faces through both classifiers'
-//! guided-backprop graphs (one call per classifier), as the node does it.
+//! guided-backprop graphs.
 //! Target (issue 5): at most 4 ms median on the 2-core reference machine.
 //!
 //! Inputs are the golden face crops of `tests/fixtures/models/golden`; the

@@ -381,10 +381,12 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
 #[test]
 fn classifiers_side_by_side_equal_one_after_the_other() {
     // With 2 intra-op threads the classifiers run side by side, one thread
-    // each; with 1 thread one after the other. Same faces, same
+    // each, their faces shared between the threads (crate::balance); with 1
+    // thread one after the other. Same faces, same
     // probabilities for every classifier, also when one of them is explained
-    // (its gradient graph runs first, the others side by side after it) and
-    // when both are explained (their gradient graphs side by side).
+    // (its gradient graph runs first, its faces shared between the threads,
+    // the others side by side after it) and when both are explained (their
+    // gradient graphs side by side).
     // Tolerance 1e-5: the sessions' thread counts differ, which may change
     // a kernel's summation order.
     let frame = photo("group.jpg");
