@@ -193,11 +193,7 @@ fn bench_saliency_stage(c: &mut Criterion) {
             (ClassifierTask::Emotion, emotion_faces.view()),
             (ClassifierTask::Gender, gender_faces.view()),
         ];
-        let emotion_only = [(ClassifierTask::Emotion, emotion_faces.view())];
-        for (name, jobs) in [
-            ("emotion_and_gender", &both[..]),
-            ("emotion", &emotion_only[..]),
-        ] {
+        for (name, jobs) in [("emotion_and_gender", &both[..])] {
             // Build the graphs and learn the times per face before measuring.
             for _ in 0..10 {
                 if let Err(e) = stage.run_each(&manifest, method, jobs) {

@@ -384,9 +384,9 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
     // each, their faces shared between the threads (crate::balance); with 1
     // thread one after the other. Same faces, same
     // probabilities for every classifier, also when one of them is explained
-    // (its gradient graph runs first, its faces shared between the threads,
-    // the others side by side after it) and when both are explained (their
-    // gradient graphs side by side).
+    // (its gradient graph runs first, the others side by side after it) and
+    // when both are explained (their gradient graphs' faces shared between
+    // the threads).
     // Tolerance 1e-5: the sessions' thread counts differ, which may change
     // a kernel's summation order.
     let frame = photo("group.jpg");

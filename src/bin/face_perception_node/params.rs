@@ -62,7 +62,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("track_iou", "Minimum IoU to continue a track, in (0, 1]."),
     ("models_dir", "Directory with manifest.toml and the ONNX models; empty: the installed models."),
     ("haar_cascade", "Haar cascade XML; empty: OpenCV's haarcascade_frontalface_default.xml."),
-    ("intra_op_threads", "ONNX Runtime intra-op threads, 1..=64: the detector's and each saliency graph's; with 2 or more, the enabled classifiers run side by side, one thread each, their faces shared evenly among the threads (so do the gradient graphs of the explained ones)."),
+    ("intra_op_threads", "ONNX Runtime intra-op threads, 1..=64: the detector's and each saliency graph's; with 2 or more, the enabled classifiers run side by side, one thread each, their faces shared evenly among the threads (so are those of two or more explained classifiers' gradient graphs)."),
     ("pin_threads", "Pin the inference thread and ONNX Runtime's workers to cores of their own (the first intra_op_threads CPUs the process may run on; choose them with taskset). Between frames the cores go idle, and unpinned, the next frame's worker tends to share the inference thread's core (measurements: README, Performance). Turn it off when other busy processes are pinned to those cores."),
     ("max_frame_pixels", "Largest accepted image, in pixels (width x height)."),
     ("precision", "Model precision: \"fp32\" (default) or \"int8\" (int8 CenterFace detector and gender classifier and a partly int8 emotion classifier, faster on CPUs with VNNI (measurements: models/README.md); age and BlazeFace stay fp32; saliency images explain the fp32 models)."),
