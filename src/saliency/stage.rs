@@ -142,12 +142,15 @@ impl SaliencyStage {
     /// face ([`share`]), one thread per run; a classifier whose faces fall
     /// on two threads runs as two instances of its graph. (5 faces, 2
     /// threads: side by side at 1 thread each beat one after the other at 2,
-    /// 8.4 against 11.7 ms, guided. Sharing the faces beat one classifier per
-    /// thread for Grad-CAM, 2.7 against 3.5 ms; for guided the two were
-    /// within the machine's noise, 7.4 to 9.9 ms each. A single job keeps
-    /// all the threads: emotion alone, guided, 5.8 ms at 2 threads against
-    /// 6.4 ms shared.) Jobs that name a classifier twice or differ in batch
-    /// size also run one after the other with all the threads.
+    /// 8.4 against 11.7 ms, guided. Against one classifier per thread,
+    /// sharing the faces measured 7.2, 8.0 and 8.9 ms against 7.7, 8.2 and
+    /// 7.5 ms in three bench runs (guided; Grad-CAM 2.6 to 2.7 against 2.5 to
+    /// 3.5 ms), within the machine's noise: the two graphs cost about the
+    /// same per face, so the even cut gains little here, and more when
+    /// their costs differ more. A single job keeps all the threads: emotion
+    /// alone, guided, 5.8 ms at 2 threads against 6.4 ms shared.) Jobs that
+    /// name a classifier twice or differ in batch size also run one after
+    /// the other with all the threads.
     pub fn run_each(
         &mut self,
         manifest: &Manifest,
