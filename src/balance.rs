@@ -415,6 +415,20 @@ mod tests {
     }
 
     #[test]
+    fn time_per_face_starts_at_the_first_frame_and_then_moves_slowly() {
+        let mut t = TimePerFace::default();
+        assert_eq!(t.seconds(), 0.0);
+        t.learn(0.0, 0);
+        t.learn(f64::NAN, 5);
+        assert_eq!(t.seconds(), 0.0, "no faces or no time teach nothing");
+        t.learn(1.0e-3, 5);
+        assert!((t.seconds() - 2.0e-4).abs() < 1e-12);
+        // One frame twice as slow moves the estimate by a tenth of the gap.
+        t.learn(2.0e-3, 5);
+        assert!((t.seconds() - 2.2e-4).abs() < 1e-12, "{}", t.seconds());
+    }
+
+    #[test]
     fn one_lane_runs_everything_in_order() {
         assert_eq!(
             share(&[0.3, 0.1], 3, 1),
