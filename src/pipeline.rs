@@ -570,7 +570,10 @@ impl Pipeline {
         }
     }
 
-    /// The classifier for `task`, when enabled.
+    /// The classifier for `task`, when enabled. When its faces were shared
+    /// among the cores, its [`Classifier::last_batch`] holds only the faces
+    /// it classified itself; a frame's whole classifier input is in
+    /// [`FrameResult::saliency`] on request ([`FrameRequest::saliency`]).
     pub fn classifier(&self, task: ClassifierTask) -> Option<&Classifier> {
         self.replicas(task).map(Replicas::main)
     }
