@@ -145,9 +145,10 @@ impl SaliencyStage {
     /// 8.4 against 11.7 ms, guided. Against one classifier per thread,
     /// sharing the faces measured 7.2, 8.0 and 8.9 ms against 7.7, 8.2 and
     /// 7.5 ms in three bench runs (guided; Grad-CAM 2.6 to 2.7 against 2.5 to
-    /// 3.5 ms), within the machine's noise: the two graphs cost about the
-    /// same per face, so the even cut gains little here, and more when
-    /// their costs differ more. A single job keeps all the threads: emotion
+    /// 3.5 ms), within the machine's noise: with both cores busy each graph
+    /// ran slower per face than alone (emotion 2.0 to 2.2 ms a face against
+    /// 1.3 to 1.5), so the even cut gained less than the single-core times
+    /// predict (about 6.7 ms). A single job keeps all the threads: emotion
     /// alone, guided, 5.8 ms at 2 threads against 6.4 ms shared.) Jobs that
     /// name a classifier twice or differ in batch size also run one after
     /// the other with all the threads.
