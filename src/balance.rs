@@ -134,33 +134,38 @@ impl TimePerFace {
     }
 }
 
-/// What one lane did for one piece, and how long it took.
-pub struct Timed<T> {
-    /// The piece.
-    pub piece: Piece,
-    /// What running it gave.
-    pub output: T,
-    /// Its wall time in seconds.
+/// What [`run_plan`] gives for one classifier.
+pub struct Ran<T> {
+    /// What running each of its pieces gave, in face order.
+    pub pieces: Vec<T>,
+    /// The pieces' wall times added up, in seconds.
     pub seconds: f64,
 }
 
 /// Runs the pieces of `plan` with `run`, the lanes side by side on `cores`
 /// ([`side_by_side`]), each lane's pieces in order on its thread. Each
 /// piece runs on the next unused one of its classifier's `instances`
-/// (`instances[j]` must hold [`lanes_of`]`(plan, j)` of them). Results
-/// sorted by classifier, then face: since a split classifier's lower faces
-/// are in the lower lane, each classifier's pieces come in face order.
+/// (`instances[j]` must hold [`lanes_of`]`(plan, j)` of them). One result
+/// per classifier, its pieces in face order: a split classifier's lower
+/// faces are in the lower lane, and lanes come back in order.
 pub fn run_plan<W, T, F>(
     plan: Vec<Vec<Piece>>,
     instances: Vec<Vec<&mut W>>,
     cores: &Cores,
     run: F,
-) -> Vec<Timed<T>>
+) -> Vec<Ran<T>>
 where
     W: Send,
     T: Send,
     F: Fn(&Piece, &mut W) -> T + Sync,
 {
+    let mut ran: Vec<Ran<T>> = instances
+        .iter()
+        .map(|_| Ran {
+            pieces: Vec::new(),
+            seconds: 0.0,
+        })
+        .collect();
     let mut free: Vec<_> = instances.into_iter().map(Vec::into_iter).collect();
     let run = &run;
     let jobs: Vec<_> = plan
@@ -181,19 +186,17 @@ where
                     .map(|(piece, instance)| {
                         let started = Instant::now();
                         let output = run(&piece, instance);
-                        Timed {
-                            piece,
-                            output,
-                            seconds: started.elapsed().as_secs_f64(),
-                        }
+                        (piece.classifier, output, started.elapsed().as_secs_f64())
                     })
                     .collect::<Vec<_>>()
             }
         })
         .collect();
-    let mut done: Vec<Timed<T>> = side_by_side(jobs, cores).into_iter().flatten().collect();
-    done.sort_by_key(|d| (d.piece.classifier, d.piece.faces.start));
-    done
+    for (classifier, output, seconds) in side_by_side(jobs, cores).into_iter().flatten() {
+        ran[classifier].pieces.push(output);
+        ran[classifier].seconds += seconds;
+    }
+    ran
 }
 
 /// One classifier as one or more instances of the same model, so that its
@@ -315,7 +318,7 @@ pub fn classify_shared<E: From<ClassifyError>>(
         .iter_mut()
         .map(|r| r.instances.iter_mut().collect())
         .collect();
-    let done = run_plan(
+    let ran = run_plan(
         plan,
         instances,
         cores,
@@ -323,15 +326,14 @@ pub fn classify_shared<E: From<ClassifyError>>(
             classifier.classify(frame, &faces[piece.faces.clone()], align)
         },
     );
-    let mut results: Vec<Vec<Classification>> = classifiers.iter().map(|_| Vec::new()).collect();
-    let mut seconds = vec![0.0; classifiers.len()];
-    for d in done {
-        let j = d.piece.classifier;
-        results[j].extend(d.output?);
-        seconds[j] += d.seconds;
-    }
-    for (replicas, s) in classifiers.iter_mut().zip(seconds) {
-        replicas.time_per_face.learn(s, faces.len());
+    let mut results = Vec::with_capacity(ran.len());
+    for (replicas, ran) in classifiers.iter_mut().zip(ran) {
+        replicas.time_per_face.learn(ran.seconds, faces.len());
+        let mut classified = Vec::with_capacity(faces.len());
+        for piece in ran.pieces {
+            classified.extend(piece?);
+        }
+        results.push(classified);
     }
     Ok(results)
 }

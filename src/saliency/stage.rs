@@ -20,7 +20,6 @@ use crate::frame::Frame;
 use crate::manifest::Manifest;
 use crate::parallel::Cores;
 use ndarray::{s, ArrayView4, Axis};
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 /// Saliency images of one frame for one classifier.
@@ -36,13 +35,11 @@ pub struct FrameSaliency {
     pub face_maps: Vec<(String, GreyImage)>,
 }
 
-/// Gradient models per classifier, method, thread count and instance
-/// (several when one classifier's faces run on several threads at once).
-type ModelKey = (ClassifierTask, SaliencyMethod, usize, usize);
-
 /// Gradient models, built on demand.
 pub struct SaliencyStage {
-    models: HashMap<ModelKey, GradientModel>,
+    /// Per classifier, method and thread count, the instances built so far
+    /// (several when one classifier's faces run on several threads at once).
+    models: HashMap<(ClassifierTask, SaliencyMethod, usize), Vec<GradientModel>>,
     /// Time per face of each classifier's gradient graph at one thread.
     time_per_face: HashMap<(ClassifierTask, SaliencyMethod), TimePerFace>,
     intra_threads: usize,
@@ -83,39 +80,17 @@ impl SaliencyStage {
         instance: usize,
     ) -> Result<&mut GradientModel, SaliencyError> {
         let cores = self.cores_for(threads);
-        let slot = match self.models.entry((task, method, threads, instance)) {
-            Entry::Occupied(built) => return Ok(built.into_mut()),
-            Entry::Vacant(slot) => slot,
-        };
-        let invalid = |e: crate::manifest::ManifestError| SaliencyError::InvalidModel {
-            reason: e.to_string(),
-        };
-        let entry = manifest.entry(task.model_name()).map_err(invalid)?;
-        let bytes = manifest.read_verified(entry).map_err(invalid)?;
-        // The pre-softmax score: the manifest's output of kind "scores" if
-        // there is one, else the input of the graph's final Softmax.
-        let logits = entry
-            .outputs
-            .iter()
-            .find(|o| o.kind == "scores")
-            .map(|o| o.name.as_str());
-        let model = GradientModel::with_options(
-            &bytes,
-            &SaliencyOptions {
+        let built = self.models.entry((task, method, threads)).or_default();
+        while built.len() <= instance {
+            built.push(build(manifest, task, method, threads, &cores)?);
+            log::info!(
+                "saliency: built the {} gradient graph of {} ({threads} intra-op thread(s), instance {})",
                 method,
-                pre_softmax_output: logits,
-                gradcam_layer: None,
-                intra_threads: threads,
-                cores,
-            },
-        )?;
-        log::info!(
-            "saliency: built the {} gradient graph of {} ({threads} intra-op thread(s), instance {})",
-            method,
-            task.model_name(),
-            instance + 1
-        );
-        Ok(slot.insert(model))
+                task.model_name(),
+                built.len()
+            );
+        }
+        Ok(&mut built[instance])
     }
 
     /// Runs the gradient graph of `task` on a classifier batch `[N, C, H, W]`
@@ -185,24 +160,16 @@ impl SaliencyStage {
                 self.model(manifest, task, method, 1, instance)?;
             }
         }
-        let mut instances: Vec<Vec<(usize, &mut GradientModel)>> =
-            jobs.iter().map(|_| Vec::new()).collect();
-        for ((task, m, threads, instance), model) in self.models.iter_mut() {
+        let mut instances: Vec<Vec<&mut GradientModel>> = jobs.iter().map(|_| Vec::new()).collect();
+        for ((task, m, threads), built) in self.models.iter_mut() {
             if *m != method || *threads != 1 {
                 continue;
             }
             if let Some(j) = jobs.iter().position(|(t, _)| t == task) {
-                instances[j].push((*instance, model));
+                instances[j] = built.iter_mut().collect();
             }
         }
-        let instances = instances
-            .into_iter()
-            .map(|mut of_job| {
-                of_job.sort_by_key(|(instance, _)| *instance);
-                of_job.into_iter().map(|(_, model)| model).collect()
-            })
-            .collect();
-        let done = run_plan(
+        let ran = run_plan(
             plan,
             instances,
             &cores,
@@ -211,19 +178,17 @@ impl SaliencyStage {
                 model.run(batch.slice(s![piece.faces.clone(), .., .., ..]), None)
             },
         );
-        let mut parts: Vec<Vec<SaliencyBatch>> = jobs.iter().map(|_| Vec::new()).collect();
-        let mut seconds = vec![0.0; jobs.len()];
-        for d in done {
-            parts[d.piece.classifier].push(d.output?);
-            seconds[d.piece.classifier] += d.seconds;
-        }
-        for ((task, _), s) in jobs.iter().zip(seconds) {
+        let mut batches = Vec::with_capacity(jobs.len());
+        for ((task, _), ran) in jobs.iter().zip(ran) {
             self.time_per_face
                 .entry((*task, method))
                 .or_default()
-                .learn(s, faces);
+                .learn(ran.seconds, faces);
+            batches.push(concatenate(
+                ran.pieces.into_iter().collect::<Result<_, _>>()?,
+            )?);
         }
-        parts.into_iter().map(concatenate).collect()
+        Ok(batches)
     }
 
     /// The saliency images of `frame` from the maps of [`SaliencyStage::run`]
@@ -274,6 +239,39 @@ impl SaliencyStage {
             face_maps,
         })
     }
+}
+
+/// The gradient graph of `task`'s classifier for `method`, with `threads`
+/// intra-op threads on `cores`.
+fn build(
+    manifest: &Manifest,
+    task: ClassifierTask,
+    method: SaliencyMethod,
+    threads: usize,
+    cores: &Cores,
+) -> Result<GradientModel, SaliencyError> {
+    let invalid = |e: crate::manifest::ManifestError| SaliencyError::InvalidModel {
+        reason: e.to_string(),
+    };
+    let entry = manifest.entry(task.model_name()).map_err(invalid)?;
+    let bytes = manifest.read_verified(entry).map_err(invalid)?;
+    // The pre-softmax score: the manifest's output of kind "scores" if
+    // there is one, else the input of the graph's final Softmax.
+    let logits = entry
+        .outputs
+        .iter()
+        .find(|o| o.kind == "scores")
+        .map(|o| o.name.as_str());
+    GradientModel::with_options(
+        &bytes,
+        &SaliencyOptions {
+            method,
+            pre_softmax_output: logits,
+            gradcam_layer: None,
+            intra_threads: threads,
+            cores: cores.clone(),
+        },
+    )
 }
 
 /// The pieces of one classifier's batch, in face order, as one batch.
