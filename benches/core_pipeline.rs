@@ -38,9 +38,12 @@ fn frame(width: u32, height: u32, faces: usize) -> Frame {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// fp32 (cases without a precision in their name), `threads` intra-op
+/// threads, `detector`.
 fn config(threads: i64, detector: &str) -> Config {
     Config::from_raw(RawConfig {
         models_dir: repo().join("models").to_string_lossy().into_owned(),
+        precision: "fp32".into(),
         intra_op_threads: threads,
         detector: detector.to_string(),
         ..RawConfig::default()

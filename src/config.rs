@@ -98,11 +98,11 @@ impl std::fmt::Display for DetectorBackend {
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// The float models as published.
-    #[default]
     Fp32,
-    /// Statically quantised (QDQ) variants, `<name>_int8` in the manifest:
-    /// faster on CPUs with int8 dot-product instructions, slightly different
-    /// numbers (models/README.md).
+    /// Statically quantised (QDQ) variants, `<name>_int8` in the manifest
+    /// (the default): faster on CPUs with int8 dot-product instructions,
+    /// slightly different numbers (models/README.md, "int8 against fp32").
+    #[default]
     Int8,
 }
 
@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn precision_names() {
-        assert_eq!(Config::default().precision(), Precision::Fp32);
+        assert_eq!(Config::default().precision(), Precision::Int8);
         for (name, precision) in [("fp32", Precision::Fp32), (" INT8 ", Precision::Int8)] {
             let raw = RawConfig {
                 precision: name.into(),

@@ -164,9 +164,11 @@ fn astronaut_with_blazeface_is_one_happy_woman() {
 fn centerface_matches_the_python_reference() {
     let text = std::fs::read_to_string(repo().join("tests/fixtures/models/detector.json")).unwrap();
     let reference: Reference = serde_json::from_str(&text).unwrap();
-    // Whole photo as network input, as the reference ran it.
+    // Whole photo as network input, as the reference ran it, with the fp32
+    // model the reference ran (int8 against fp32: tests/core_int8.rs).
     let mut p = pipeline(RawConfig {
         detector: "centerface".into(),
+        precision: "fp32".into(),
         detection_max_side: 640,
         min_face_size: 0,
         ..RawConfig::default()
@@ -525,9 +527,12 @@ fn explained_classifiers_report_the_probabilities_of_the_plain_run() {
     // of the classifier itself. Tolerance 1e-4: the gradient graph is the
     // same forward computation, fused differently by ONNX Runtime (the
     // scores were measured to agree within 4.3e-6 on the golden inputs).
+    // Gradient graphs are built from the fp32 models, so the plain run is
+    // fp32 here (under int8: tests/core_int8.rs).
     let frame = photo("group.jpg");
     let raw = RawConfig {
         detector: "centerface".into(),
+        precision: "fp32".into(),
         detection_max_side: 640,
         ..RawConfig::default()
     };
@@ -627,43 +632,49 @@ fn reconfigure_switches_classifiers_and_detectors() {
     ));
 }
 
-#[test]
-fn a_missing_model_file_is_named_in_the_error() {
+/// The detector file each precision loads first.
+const DETECTOR_FILES: [(&str, &str); 2] = [
+    ("fp32", "centerface.onnx"),
+    ("int8", "centerface.int8.onnx"),
+];
+
+/// The start-up error of a pipeline on a models folder holding only the
+/// manifest and `files` (name, bytes).
+fn start_up_error(precision: &str, files: &[(&str, &[u8])]) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         repo().join("models/manifest.toml"),
         dir.path().join("manifest.toml"),
     )
     .unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
     let raw = RawConfig {
         models_dir: dir.path().to_string_lossy().into_owned(),
+        precision: precision.into(),
         ..RawConfig::default()
     };
-    let err = match Pipeline::new(&Config::from_raw(raw).unwrap()) {
-        Ok(_) => panic!("models are missing"),
+    match Pipeline::new(&Config::from_raw(raw).unwrap()) {
+        Ok(_) => panic!("{precision}: the models are missing or corrupt"),
         Err(e) => e.to_string(),
-    };
-    assert!(err.contains("centerface.onnx"), "{err}");
+    }
+}
+
+#[test]
+fn a_missing_model_file_is_named_in_the_error() {
+    for (precision, file) in DETECTOR_FILES {
+        let err = start_up_error(precision, &[]);
+        assert!(err.contains(file), "{precision}: {err}");
+    }
 }
 
 #[test]
 fn a_corrupt_model_file_is_named_in_the_error() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        repo().join("models/manifest.toml"),
-        dir.path().join("manifest.toml"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("centerface.onnx"), b"not a model").unwrap();
-    let raw = RawConfig {
-        models_dir: dir.path().to_string_lossy().into_owned(),
-        ..RawConfig::default()
-    };
-    let err = match Pipeline::new(&Config::from_raw(raw).unwrap()) {
-        Ok(_) => panic!("the model is corrupt"),
-        Err(e) => e.to_string(),
-    };
-    assert!(err.contains("centerface.onnx"), "{err}");
+    for (precision, file) in DETECTOR_FILES {
+        let err = start_up_error(precision, &[(file, b"not a model")]);
+        assert!(err.contains(file), "{precision}: {err}");
+    }
 }
 
 #[test]

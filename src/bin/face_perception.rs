@@ -112,9 +112,9 @@ struct AnalyzeArgs {
     /// main thread and ONNX Runtime's workers to cores of their own.
     #[arg(long)]
     no_pin_threads: bool,
-    /// Model precision: fp32 (default) or int8 (int8 CenterFace and gender,
-    /// partly int8 emotion; faster on CPUs with VNNI, see models/README.md;
-    /// saliency still explains the fp32 models).
+    /// Model precision: int8 (default; int8 CenterFace and gender, partly
+    /// int8 emotion; faster on CPUs with VNNI, see models/README.md;
+    /// saliency still explains the fp32 models) or fp32.
     #[arg(long, value_name = "fp32|int8")]
     precision: Option<String>,
     /// Further settings from a TOML file (fields of RawConfig); flags override it.
