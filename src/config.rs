@@ -93,7 +93,7 @@ impl std::fmt::Display for DetectorBackend {
 }
 
 /// Numeric precision of the models that have an int8 variant in the manifest
-/// (CenterFace and gender); the others always run in fp32.
+/// (CenterFace, gender and, in part, emotion); the others always run in fp32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
@@ -188,8 +188,8 @@ pub struct RawConfig {
     pub pin_threads: bool,
     /// Largest accepted frame, in pixels.
     pub max_frame_pixels: i64,
-    /// `"fp32"` (default) or `"int8"`: int8 loads the manifest's `<name>_int8`
-    /// variant of each model that has one (CenterFace, gender).
+    /// `"int8"` (default) or `"fp32"`: int8 loads the manifest's `<name>_int8`
+    /// variant of each model that has one (CenterFace, gender, emotion).
     pub precision: String,
 }
 
