@@ -16,7 +16,7 @@ use face_perception::classify::ClassifierTask;
 use face_perception::config::DEFAULT_INTRA_OP_THREADS;
 use face_perception::manifest::Manifest;
 use face_perception::parallel::{side_by_side, Cores};
-use face_perception::saliency::stage::SaliencyStage;
+use face_perception::saliency::stage::{SaliencyJob, SaliencyStage};
 use face_perception::saliency::{GradientModel, SaliencyMethod, SaliencyOptions};
 use ndarray::Array4;
 use std::path::PathBuf;
@@ -190,8 +190,16 @@ fn bench_saliency_stage(c: &mut Criterion) {
         let mut stage = SaliencyStage::new(2, cores.clone());
         cores.pin_caller();
         let both = [
-            (ClassifierTask::Emotion, emotion_faces.view()),
-            (ClassifierTask::Gender, gender_faces.view()),
+            SaliencyJob {
+                task: ClassifierTask::Emotion,
+                batch: emotion_faces.view(),
+                classes: None,
+            },
+            SaliencyJob {
+                task: ClassifierTask::Gender,
+                batch: gender_faces.view(),
+                classes: None,
+            },
         ];
         for (name, jobs) in [("emotion_and_gender", &both[..])] {
             // Build the graphs and learn the times per face before measuring.

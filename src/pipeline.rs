@@ -670,8 +670,12 @@ impl Pipeline {
         let detections = self.detect(frame)?;
         let detected = Instant::now();
 
-        // Classifiers being explained run as their gradient graph, whose
-        // forward pass gives the class scores: one run instead of two.
+        // A classifier being explained whose model is the one its gradient
+        // graph is built from (fp32) runs as that graph, whose forward pass
+        // gives the class scores: one run instead of two. One running
+        // another model (int8) is classified as usual, so labels never depend
+        // on whether saliency was requested, and its graph then explains the
+        // class the classifier ranked first.
         let explain_method = request.explain.as_ref().map(|e| e.method);
         let explained = |task: ClassifierTask| {
             request
@@ -685,6 +689,7 @@ impl Pipeline {
         let mut gradient_time = Duration::ZERO;
         let mut plain = Vec::new();
         let mut explaining = Vec::new();
+        let mut explain_after = Vec::new();
         let mut classified = ClassifiedFaces::default();
         for (task, slot) in [
             (ClassifierTask::Gender, &mut self.gender),
@@ -694,12 +699,17 @@ impl Pipeline {
             let Some(replicas) = slot.as_mut() else {
                 continue;
             };
-            if manifest.is_some() && explained(task) {
-                let c = replicas.main_mut();
-                c.prepare(frame, &detections, align)?;
-                explaining.push((task, c));
-            } else {
-                plain.push((task, replicas));
+            match manifest.filter(|_| explained(task)) {
+                Some(m) if graph_is_the_classifier(m, task, replicas.main()) => {
+                    let c = replicas.main_mut();
+                    c.prepare(frame, &detections, align)?;
+                    explaining.push((task, c));
+                }
+                Some(_) => {
+                    explain_after.push(task);
+                    plain.push((task, replicas));
+                }
+                None => plain.push((task, replicas)),
             }
         }
         if let (Some(manifest), Some(method), false) =
@@ -707,7 +717,11 @@ impl Pipeline {
         {
             let jobs: Vec<SaliencyJob<'_>> = explaining
                 .iter()
-                .map(|(task, c)| (*task, c.last_batch()))
+                .map(|(task, c)| SaliencyJob {
+                    task: *task,
+                    batch: c.last_batch(),
+                    classes: None,
+                })
                 .collect();
             let started = Instant::now();
             let batches = self.saliency.run_each(manifest, method, &jobs)?;
@@ -735,6 +749,34 @@ impl Pipeline {
             manifest,
             &self.classifier_cores,
         )?;
+        if let (Some(manifest), Some(method), false) =
+            (manifest, explain_method, explain_after.is_empty())
+        {
+            // Each one's whole batch (gathered from the instances that cut
+            // it) and the classes its classifier ranked first.
+            let inputs: Vec<_> = explain_after
+                .iter()
+                .filter_map(|&task| {
+                    let replicas = self.replicas(task)?;
+                    let tops: Vec<usize> = classified.slot(task)?.iter().map(|c| c.top).collect();
+                    Some((task, replicas.last_batch(), replicas.last_chips(), tops))
+                })
+                .collect();
+            let jobs: Vec<SaliencyJob<'_>> = inputs
+                .iter()
+                .map(|(task, batch, _, tops)| SaliencyJob {
+                    task: *task,
+                    batch: batch.view(),
+                    classes: Some(tops),
+                })
+                .collect();
+            let started = Instant::now();
+            let batches = self.saliency.run_each(manifest, method, &jobs)?;
+            gradient_time += started.elapsed();
+            for ((task, _, chips, _), batch) in inputs.into_iter().zip(batches) {
+                explained_batches.push((task, batch, chips));
+            }
+        }
         let classified_at = Instant::now();
 
         let boxes: Vec<FaceBox> = detections.iter().map(|d| d.bbox).collect();
@@ -838,6 +880,14 @@ pub struct ClassifiedFaces {
 }
 
 impl ClassifiedFaces {
+    fn slot(&self, task: ClassifierTask) -> Option<&Vec<Classification>> {
+        match task {
+            ClassifierTask::Gender => self.gender.as_ref(),
+            ClassifierTask::Emotion => self.emotion.as_ref(),
+            ClassifierTask::Age => self.age.as_ref(),
+        }
+    }
+
     fn slot_mut(&mut self, task: ClassifierTask) -> &mut Option<Vec<Classification>> {
         match task {
             ClassifierTask::Gender => &mut self.gender,
@@ -845,4 +895,17 @@ impl ClassifiedFaces {
             ClassifierTask::Age => &mut self.age,
         }
     }
+}
+
+/// Whether `task`'s gradient graph, built from the manifest's
+/// `task.model_name()` entry, is the model `classifier` runs (not its int8
+/// variant), so that the graph's forward scores are the classifier's own.
+fn graph_is_the_classifier(
+    manifest: &Manifest,
+    task: ClassifierTask,
+    classifier: &Classifier,
+) -> bool {
+    manifest
+        .entry(task.model_name())
+        .is_ok_and(|entry| entry.file == classifier.model_file())
 }

@@ -149,3 +149,88 @@ fn gradcam_layer_can_be_named() {
         Err(SaliencyError::InvalidModel { .. })
     ));
 }
+
+/// The saliency stage explains the classes it is given, whether one
+/// classifier's faces run on one thread or are shared between two
+/// (`SaliencyStage::run_each`), as the int8 pipeline asks it to (the class
+/// its int8 classifier ranked first). Each face's lowest-ranked class is
+/// asked for, so that the default (the graph's own top class) would differ.
+#[test]
+fn the_stage_explains_the_classes_it_is_given() {
+    use face_perception::classify::ClassifierTask;
+    use face_perception::manifest::Manifest;
+    use face_perception::parallel::Cores;
+    use face_perception::saliency::stage::{SaliencyJob, SaliencyStage};
+    use ndarray::s;
+
+    if !ort_ready() {
+        return;
+    }
+    let Ok(manifest) = Manifest::load(&repo().join("models")) else {
+        return;
+    };
+    let (Some((emotion, _)), Some((gender, _))) = (golden_batch("emotion"), golden_batch("gender"))
+    else {
+        return;
+    };
+    // Equal batch sizes, so that the stage may share the faces.
+    let n = emotion.dim().0.min(gender.dim().0);
+    let batches = [
+        (ClassifierTask::Emotion, emotion.slice(s![..n, .., .., ..])),
+        (ClassifierTask::Gender, gender.slice(s![..n, .., .., ..])),
+    ];
+    let method = SaliencyMethod::Guided;
+    let mut alone = SaliencyStage::new(1, Cores::plan(false, 1));
+    let mut lowest = Vec::new();
+    let mut expected = Vec::new();
+    for (task, batch) in &batches {
+        let top = alone.run(&manifest, *task, method, *batch, None).unwrap();
+        let classes: Vec<usize> = top
+            .scores
+            .rows()
+            .into_iter()
+            .map(|row| {
+                (0..row.len())
+                    .min_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap()
+            })
+            .collect();
+        assert_ne!(classes, top.classes, "{task:?}: lowest differs from top");
+        let asked = alone
+            .run(&manifest, *task, method, *batch, Some(&classes))
+            .unwrap();
+        assert_eq!(asked.classes, classes);
+        let moved = (&asked.maps - &top.maps)
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()));
+        assert!(moved > 0.0, "{task:?}: the class asked for changes the map");
+        lowest.push(classes);
+        expected.push(asked);
+    }
+    let jobs: Vec<SaliencyJob<'_>> = batches
+        .iter()
+        .zip(&lowest)
+        .map(|((task, batch), classes)| SaliencyJob {
+            task: *task,
+            batch: *batch,
+            classes: Some(classes),
+        })
+        .collect();
+    let mut shared = SaliencyStage::new(2, Cores::plan(false, 2));
+    // The first run cuts by equal costs; later ones by the measured costs,
+    // which split a classifier's faces between the two threads.
+    for run in 0..3 {
+        let got = shared.run_each(&manifest, method, &jobs).unwrap();
+        for ((task, _), (got, want)) in batches.iter().zip(got.iter().zip(&expected)) {
+            assert_eq!(got.classes, want.classes, "run {run}, {task:?}");
+            let scale = want.maps.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = (&got.maps - &want.maps)
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "run {run}, {task:?}: maps differ by {worst} (largest {scale})"
+            );
+        }
+    }
+}

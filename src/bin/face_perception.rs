@@ -114,7 +114,7 @@ struct AnalyzeArgs {
     no_pin_threads: bool,
     /// Model precision: int8 (default; int8 CenterFace and gender, partly
     /// int8 emotion; faster on CPUs with VNNI, see models/README.md;
-    /// saliency still explains the fp32 models) or fp32.
+    /// saliency explains the fp32 models at int8's top class) or fp32.
     #[arg(long, value_name = "fp32|int8")]
     precision: Option<String>,
     /// Further settings from a TOML file (fields of RawConfig); flags override it.

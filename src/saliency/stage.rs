@@ -47,8 +47,17 @@ pub struct SaliencyStage {
     cores: Cores,
 }
 
-/// One classifier batch to explain: the classifier and its batch `[N, C, H, W]`.
-pub type SaliencyJob<'a> = (ClassifierTask, ArrayView4<'a, f32>);
+/// One classifier batch to explain.
+#[derive(Debug, Clone, Copy)]
+pub struct SaliencyJob<'a> {
+    /// The classifier.
+    pub task: ClassifierTask,
+    /// Its batch `[N, C, H, W]`.
+    pub batch: ArrayView4<'a, f32>,
+    /// The class to explain per face; `None`: each face's top class in the
+    /// gradient graph's own forward pass.
+    pub classes: Option<&'a [usize]>,
+}
 
 impl SaliencyStage {
     /// An empty stage; nothing is built until [`SaliencyStage::run`] needs it.
@@ -110,8 +119,8 @@ impl SaliencyStage {
             .run(batch, classes)
     }
 
-    /// Runs the gradient graphs of several classifiers on their batches
-    /// (each item's top class explained), results in the order of `jobs`.
+    /// Runs the gradient graphs of several classifiers on their batches,
+    /// results in the order of `jobs`.
     /// With two or more jobs and two or more threads, the faces of all jobs
     /// are shared evenly among the threads by each graph's measured time per
     /// face ([`share`]), one thread per run; a classifier whose faces fall
@@ -133,31 +142,31 @@ impl SaliencyStage {
         method: SaliencyMethod,
         jobs: &[SaliencyJob<'_>],
     ) -> Result<Vec<SaliencyBatch>, SaliencyError> {
-        let faces = jobs.first().map_or(0, |(_, batch)| batch.shape()[0]);
+        let faces = jobs.first().map_or(0, |job| job.batch.shape()[0]);
         let distinct = jobs
             .iter()
             .enumerate()
-            .all(|(i, (task, _))| jobs[..i].iter().all(|(other, _)| other != task));
-        let same_faces = jobs.iter().all(|(_, batch)| batch.shape()[0] == faces);
+            .all(|(i, job)| jobs[..i].iter().all(|other| other.task != job.task));
+        let same_faces = jobs.iter().all(|job| job.batch.shape()[0] == faces);
         if jobs.len() < 2 || self.intra_threads < 2 || faces == 0 || !distinct || !same_faces {
             return jobs
                 .iter()
-                .map(|&(task, batch)| self.run(manifest, task, method, batch, None))
+                .map(|job| self.run(manifest, job.task, method, job.batch, job.classes))
                 .collect();
         }
         let costs: Vec<f64> = jobs
             .iter()
-            .map(|(task, _)| {
+            .map(|job| {
                 self.time_per_face
-                    .get(&(*task, method))
+                    .get(&(job.task, method))
                     .map_or(0.0, TimePerFace::seconds)
             })
             .collect();
         let plan = share(&costs, faces, self.intra_threads);
         let cores = self.cores_for(1);
-        for (j, &(task, _)) in jobs.iter().enumerate() {
+        for (j, job) in jobs.iter().enumerate() {
             for instance in 0..lanes_of(&plan, j) {
-                self.model(manifest, task, method, 1, instance)?;
+                self.model(manifest, job.task, method, 1, instance)?;
             }
         }
         let mut instances: Vec<Vec<&mut GradientModel>> = jobs.iter().map(|_| Vec::new()).collect();
@@ -165,7 +174,7 @@ impl SaliencyStage {
             if *m != method || *threads != 1 {
                 continue;
             }
-            if let Some(j) = jobs.iter().position(|(t, _)| t == task) {
+            if let Some(j) = jobs.iter().position(|job| job.task == *task) {
                 instances[j] = built.iter_mut().collect();
             }
         }
@@ -174,14 +183,17 @@ impl SaliencyStage {
             instances,
             &cores,
             |piece, model: &mut GradientModel| {
-                let (_, batch) = jobs[piece.classifier];
-                model.run(batch.slice(s![piece.faces.clone(), .., .., ..]), None)
+                let job = &jobs[piece.classifier];
+                model.run(
+                    job.batch.slice(s![piece.faces.clone(), .., .., ..]),
+                    job.classes.map(|c| &c[piece.faces.clone()]),
+                )
             },
         );
         let mut batches = Vec::with_capacity(jobs.len());
-        for ((task, _), ran) in jobs.iter().zip(ran) {
+        for (job, ran) in jobs.iter().zip(ran) {
             self.time_per_face
-                .entry((*task, method))
+                .entry((job.task, method))
                 .or_default()
                 .learn(ran.seconds, faces);
             batches.push(concatenate(
