@@ -189,15 +189,36 @@ struct Comparison {
     end_to_end: (usize, usize, usize),
 }
 
-impl Comparison {
-    fn add(&mut self, name: &str, frame: &Frame, reference: &mut Pipeline, other: &mut Pipeline) {
+/// The reference pipeline's faces on one photo and their classes.
+struct Reference {
+    found: Vec<Detection>,
+    classes: ClassifiedFaces,
+}
+
+impl Reference {
+    fn of(name: &str, frame: &Frame, reference: &mut Pipeline) -> Self {
         let found = reference
             .detect(frame)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let classes = reference
+            .classify(frame, &found)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Self { found, classes }
+    }
+}
+
+impl Comparison {
+    /// Adds one photo: `reference` (computed once for all comparisons)
+    /// against `other` on the same frame.
+    fn add(&mut self, name: &str, frame: &Frame, reference: &Reference, other: &mut Pipeline) {
+        let Reference {
+            found,
+            classes: expected,
+        } = reference;
         let found_other = other
             .detect(frame)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let pairs = matches(&found, &found_other);
+        let pairs = matches(found, &found_other);
         self.reference_faces += found.len();
         self.other_faces += found_other.len();
         self.matched += pairs.len();
@@ -205,14 +226,13 @@ impl Comparison {
             p.classify(frame, faces)
                 .unwrap_or_else(|e| panic!("{name}: {e}"))
         };
-        let expected = classify(reference, &found);
-        let same_faces = classify(other, &found);
+        let same_faces = classify(other, found);
         let own_faces = classify(other, &found_other);
         for (task, tally) in [
             (ClassifierTask::Gender, &mut self.gender),
             (ClassifierTask::Emotion, &mut self.emotion),
         ] {
-            for (a, b) in of_task(&expected, task)
+            for (a, b) in of_task(expected, task)
                 .iter()
                 .zip(of_task(&same_faces, task))
             {
@@ -220,7 +240,7 @@ impl Comparison {
             }
         }
         for (i, j) in pairs {
-            let same = |task| of_task(&expected, task)[i].top == of_task(&own_faces, task)[j].top;
+            let same = |task| of_task(expected, task)[i].top == of_task(&own_faces, task)[j].top;
             self.end_to_end.0 += 1;
             self.end_to_end.1 += usize::from(same(ClassifierTask::Gender));
             self.end_to_end.2 += usize::from(same(ClassifierTask::Emotion));
@@ -321,8 +341,9 @@ fn main() -> ExitCode {
             }
         };
         read += 1;
-        quantised.add(&name, &frame, &mut fp32, &mut int8);
-        resized.add(&name, &frame, &mut fp32, &mut fp32_352);
+        let reference = Reference::of(&name, &frame, &mut fp32);
+        quantised.add(&name, &frame, &reference, &mut int8);
+        resized.add(&name, &frame, &reference, &mut fp32_352);
     }
     println!("{read} photos, detection at 320 px unless said otherwise");
     quantised.print("int8 against fp32:");
