@@ -6,7 +6,9 @@
 //! [`render`] (annotated image) and [`saliency`] (guided back-propagation).
 //! [`pipeline`] composes the stages ([`balance`] shares the classifiers' work
 //! among the cores); [`manifest`] describes the models in
-//! `models/`; [`runtime`] loads ONNX Runtime once per process.
+//! `models/`; [`runtime`] loads ONNX Runtime once per process;
+//! [`onnx_proto`] holds the ONNX messages that the load-time graph rewrites
+//! (saliency graphs, the int8 detector's byte input) read and write.
 //!
 //! Nothing here imports ROS: the ROS 2 node (`src/bin/face_perception_node`)
 //! is a thin layer over [`pipeline`].
@@ -17,6 +19,7 @@ pub mod config;
 pub mod detect;
 pub mod frame;
 pub mod manifest;
+pub mod onnx_proto;
 pub mod parallel;
 pub mod pipeline;
 pub mod render;

@@ -33,9 +33,12 @@ use crate::classify::{
 };
 use crate::config::{Config, DetectorBackend, Precision};
 use crate::detect::blazeface::BlazeFace;
+use crate::detect::byte_input;
 use crate::detect::centerface::CenterFace;
 use crate::detect::haar::HaarCascade;
-use crate::detect::{DetectError, Detection, Detector, FaceBox, FaceDetector, Landmarks};
+use crate::detect::{
+    DetectError, Detection, Detector, FaceBox, FaceDetector, Landmarks, Normalization,
+};
 use crate::frame::Frame;
 use crate::manifest::{self, Manifest, ManifestError, ModelEntry};
 use crate::parallel::Cores;
@@ -230,22 +233,42 @@ pub fn load_session(
     intra_op_threads: usize,
     cores: &Cores,
 ) -> Result<(Session, ModelEntry), PipelineError> {
+    let (session, entry, _) = load_session_with(manifest, name, intra_op_threads, cores, |_| None)?;
+    Ok((session, entry))
+}
+
+/// [`load_session`], over the graph `rewrite` makes of the model file when
+/// it makes one (the flag says whether it did).
+fn load_session_with(
+    manifest: &Manifest,
+    name: &str,
+    intra_op_threads: usize,
+    cores: &Cores,
+    rewrite: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+) -> Result<(Session, ModelEntry, bool), PipelineError> {
     let entry = manifest.entry(name)?.clone();
     let path = manifest.model_path(&entry);
     let bytes = manifest.read_verified(&entry)?;
+    let rewritten = rewrite(&bytes);
     let env = runtime::environment()?;
     let load_error = |reason: String| PipelineError::ModelLoad {
         path: path.clone(),
         reason,
     };
-    let session = runtime::session_from_memory(env, &bytes, intra_op_threads, cores)
+    let model = rewritten.as_deref().unwrap_or(&bytes);
+    let session = runtime::session_from_memory(env, model, intra_op_threads, cores)
         .map_err(|e| load_error(e.to_string()))?;
     log::debug!(
-        "loaded model {} ({}) with {intra_op_threads} intra-op thread(s)",
+        "loaded model {} ({}{}) with {intra_op_threads} intra-op thread(s)",
         entry.name,
-        path.display()
+        path.display(),
+        if rewritten.is_some() {
+            ", rewritten"
+        } else {
+            ""
+        }
     );
-    Ok((session, entry))
+    Ok((session, entry, rewritten.is_some()))
 }
 
 /// The settings a loaded model depends on; a change means reloading it.
@@ -313,14 +336,31 @@ fn load_detector(config: &Config, manifest: Option<&Manifest>) -> Result<Detecto
     };
     let manifest = manifest.ok_or(PipelineError::NoModelsDir)?;
     let name = model_for_precision(manifest, model, config.precision());
-    let (session, entry) =
-        load_session(manifest, &name, config.intra_op_threads(), &cores(config))?;
-    Ok(match backend {
-        DetectorBackend::BlazeFace => {
-            Detector::BlazeFace(Box::new(BlazeFace::new(session, &entry)?))
-        }
-        _ => Detector::CenterFace(Box::new(CenterFace::new(session, &entry)?)),
-    })
+    let threads = config.intra_op_threads();
+    if backend == DetectorBackend::BlazeFace {
+        let (session, entry) = load_session(manifest, &name, threads, &cores(config))?;
+        return Ok(Detector::BlazeFace(Box::new(BlazeFace::new(
+            session, &entry,
+        )?)));
+    }
+    // The int8 CenterFace takes its pixels as bytes when the entry asks for
+    // raw RGB values (detect::byte_input); other graphs load as they are.
+    let listed = manifest.entry(&name)?;
+    let raw_rgb = Normalization::from_entry(listed).is_ok_and(|n| n.is_raw_rgb());
+    let input = listed.input.name.clone();
+    let (session, entry, byte_blocks) =
+        load_session_with(manifest, &name, threads, &cores(config), |model| {
+            if raw_rgb {
+                byte_input::rewrite(model, &input)
+            } else {
+                None
+            }
+        })?;
+    Ok(Detector::CenterFace(Box::new(CenterFace::new(
+        session,
+        &entry,
+        byte_blocks,
+    )?)))
 }
 
 /// Number of classifiers the configuration enables.

@@ -6,8 +6,10 @@
 //! right and bottom to a multiple of 32 (so boxes need no letterbox offset),
 //! and decoded as `models/manifest.toml` documents for `face_detector_centerface`. The
 //! resize target and the input tensor are kept between frames and reallocated
-//! only when the frame size changes.
+//! only when the frame size changes. With the int8 model the pixels go in as
+//! bytes in 2 x 2 blocks ([`super::byte_input`]).
 
+use super::byte_input::{self, BLOCK, BLOCK_CHANNELS};
 use super::{
     check_interface, filter_detections, output_tensor, DetectError, Detection, DetectionScale,
     FaceBox, FaceDetector, FivePointLandmarks, Landmarks, Normalization, Point,
@@ -40,7 +42,16 @@ pub struct CenterFace {
     output_names: [String; OUTPUT_COUNT],
     norm: Normalization,
     resized: Mat,
-    input: Array4<f32>,
+    input: Input,
+}
+
+/// The network input, reused between frames.
+enum Input {
+    /// Float planes `[1, 3, H, W]`, normalised as the manifest says.
+    Planes(Array4<f32>),
+    /// Raw bytes in 2 x 2 blocks, `[1, H / 2, W / 2, 12]`, for a graph made
+    /// by [`byte_input::rewrite`].
+    Blocks(Array4<u8>),
 }
 
 fn round_up(value: u32, multiple: u32) -> u32 {
@@ -50,7 +61,14 @@ fn round_up(value: u32, multiple: u32) -> u32 {
 impl CenterFace {
     /// Wraps a session of the manifest's `face_detector_centerface` entry, checking that
     /// the model has the input and the four outputs the entry names.
-    pub fn new(session: Session, entry: &ModelEntry) -> Result<Self, DetectError> {
+    /// `byte_blocks`: the session runs the graph [`byte_input::rewrite`] made
+    /// of the entry's file, which takes raw bytes in 2 x 2 blocks; the entry
+    /// must then ask for raw RGB values (mean 0, scale 1).
+    pub fn new(
+        session: Session,
+        entry: &ModelEntry,
+        byte_blocks: bool,
+    ) -> Result<Self, DetectError> {
         let mismatch = |reason: String| DetectError::ModelMismatch {
             model: entry.file.clone(),
             reason,
@@ -59,6 +77,11 @@ impl CenterFace {
         if norm.channels() != 3 {
             return Err(mismatch(
                 "the detector needs a 3-channel colour input".to_string(),
+            ));
+        }
+        if byte_blocks && !norm.is_raw_rgb() {
+            return Err(mismatch(
+                "byte input needs raw RGB values (mean 0, scale 1)".to_string(),
             ));
         }
         check_interface(&session, entry, OUTPUT_COUNT, "CenterFace").map_err(mismatch)?;
@@ -70,7 +93,11 @@ impl CenterFace {
             output_names,
             norm,
             resized: Mat::default(),
-            input: Array4::zeros((1, 3, 0, 0)),
+            input: if byte_blocks {
+                Input::Blocks(Array4::zeros((1, 0, 0, BLOCK_CHANNELS)))
+            } else {
+                Input::Planes(Array4::zeros((1, 3, 0, 0)))
+            },
         })
     }
 
@@ -81,12 +108,24 @@ impl CenterFace {
             round_up(scale.width, INPUT_MULTIPLE) as usize,
             round_up(scale.height, INPUT_MULTIPLE) as usize,
         );
-        if self.input.dim() != (1, 3, in_h, in_w) {
-            self.input = Array4::zeros((1, 3, in_h, in_w));
-        }
-        // Padding is black, in model units.
-        for (c, black) in self.norm.black().into_iter().enumerate() {
-            self.input.index_axis_mut(ndarray::Axis(1), c).fill(black);
+        match &mut self.input {
+            Input::Planes(planes) => {
+                if planes.dim() != (1, 3, in_h, in_w) {
+                    *planes = Array4::zeros((1, 3, in_h, in_w));
+                }
+                // Padding is black, in model units.
+                for (c, black) in self.norm.black().into_iter().enumerate() {
+                    planes.index_axis_mut(ndarray::Axis(1), c).fill(black);
+                }
+            }
+            Input::Blocks(blocks) => {
+                let dim = (1, in_h / BLOCK, in_w / BLOCK, BLOCK_CHANNELS);
+                if blocks.dim() != dim {
+                    *blocks = Array4::zeros(dim);
+                } else {
+                    blocks.fill(0);
+                }
+            }
         }
         let source = frame.as_mat()?;
         let pixels: &[u8] = if scale.is_identity() {
@@ -104,13 +143,19 @@ impl CenterFace {
             )?;
             self.resized.data_bytes()?
         };
-        let plane = in_w * in_h;
-        let planes = self
-            .input
-            .as_slice_mut()
-            .ok_or_else(|| DetectError::OpenCv("input tensor is not contiguous".into()))?;
-        self.norm
-            .fill_planes(pixels, scale.width as usize, planes, plane, in_w);
+        let not_contiguous = || DetectError::OpenCv("input tensor is not contiguous".into());
+        match &mut self.input {
+            Input::Planes(planes) => {
+                let planes = planes.as_slice_mut().ok_or_else(not_contiguous)?;
+                let plane = in_w * in_h;
+                self.norm
+                    .fill_planes(pixels, scale.width as usize, planes, plane, in_w);
+            }
+            Input::Blocks(blocks) => {
+                let blocks = blocks.as_slice_mut().ok_or_else(not_contiguous)?;
+                byte_input::fill_blocks(pixels, scale.width as usize, blocks, in_w / BLOCK);
+            }
+        }
         Ok(scale)
     }
 
@@ -122,11 +167,18 @@ impl CenterFace {
         score_threshold: f32,
     ) -> Result<Vec<Detection>, DetectError> {
         let inference = |e: ort::Error| DetectError::Inference(e.to_string());
-        let input = TensorRef::from_array_view(self.input.view()).map_err(inference)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => input])
-            .map_err(inference)?;
+        let name = self.input_name.as_str();
+        let outputs = match &self.input {
+            Input::Planes(planes) => {
+                let input = TensorRef::from_array_view(planes.view()).map_err(inference)?;
+                self.session.run(ort::inputs![name => input])
+            }
+            Input::Blocks(blocks) => {
+                let input = TensorRef::from_array_view(blocks.view()).map_err(inference)?;
+                self.session.run(ort::inputs![name => input])
+            }
+        }
+        .map_err(inference)?;
         let mut maps: Vec<(&[f32], usize, usize)> = Vec::with_capacity(OUTPUT_COUNT);
         for name in &self.output_names {
             let (shape, data) = output_tensor(&outputs, name, &self.model)?;

@@ -13,6 +13,7 @@
 //! Boxes are always in frame pixels.
 
 pub mod blazeface;
+pub mod byte_input;
 pub mod centerface;
 pub mod haar;
 
@@ -592,6 +593,13 @@ impl Normalization {
             return Err("preprocess mean/scale must be finite".to_string());
         }
         Ok(norm)
+    }
+
+    /// Whether the model takes the RGB bytes as they are (mean 0, scale 1).
+    pub fn is_raw_rgb(&self) -> bool {
+        self.color == ColorOrder::Rgb
+            && self.mean.iter().all(|&m| m == 0.0)
+            && self.scale.iter().all(|&s| s == 1.0)
     }
 
     /// Number of model channels.

@@ -44,7 +44,7 @@
 //! unfold/fold steps (max pooling); `benches/saliency.rs` measures it. On a
 //! busy 2-core machine one intra-op thread per model is faster than two.
 
-pub mod onnx_proto;
+pub use crate::onnx_proto;
 pub mod render;
 pub mod stage;
 pub mod transform;

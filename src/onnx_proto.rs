@@ -1,10 +1,12 @@
-//! The subset of `onnx.proto` (ONNX IR 10) that the gradient transform reads
-//! and writes, as hand-written `prost` messages.
+//! The subset of `onnx.proto` (ONNX IR 10) that the gradient transform
+//! ([`crate::saliency`]) and the detector's byte-input rewrite
+//! ([`crate::detect::byte_input`]) read and write, as hand-written `prost`
+//! messages.
 //!
 //! Field tags follow `onnx/onnx.proto`. Fields not declared here (training
 //! info, sparse initializers, local functions, device configurations) are
 //! dropped on decode; the transform refuses a model whose graph would need
-//! them (see [`super::transform`]). Proto2 `optional` scalars are declared as
+//! them (see `saliency::transform`). Proto2 `optional` scalars are declared as
 //! plain fields: ONNX readers treat an absent scalar as its default, so
 //! omitting zeros on encode round-trips.
 
@@ -12,6 +14,10 @@
 
 /// `TensorProto.DataType.FLOAT`.
 pub const DT_FLOAT: i32 = 1;
+/// `TensorProto.DataType.UINT8`.
+pub const DT_UINT8: i32 = 2;
+/// `TensorProto.DataType.INT8`.
+pub const DT_INT8: i32 = 3;
 /// `TensorProto.DataType.INT64`.
 pub const DT_INT64: i32 = 7;
 /// `TensorProto.DataType.BOOL`.
