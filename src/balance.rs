@@ -211,6 +211,8 @@ pub struct Replicas {
     /// (instance `i` the `i`-th stretch in face order); 0 when the
     /// classifier proper was prepared directly.
     last_parts: usize,
+    /// Per instance, the most faces it has classified in one batch.
+    largest_batch: Vec<usize>,
 }
 
 impl Replicas {
@@ -220,6 +222,7 @@ impl Replicas {
             instances: vec![first],
             time_per_face: TimePerFace::default(),
             last_parts: 0,
+            largest_batch: vec![0],
         }
     }
 
@@ -239,6 +242,28 @@ impl Replicas {
     /// Number of instances loaded.
     pub fn instances(&self) -> usize {
         self.instances.len()
+    }
+
+    /// Runs every instance that has never classified as many as `faces`
+    /// at once on all of them, so that ONNX Runtime's memory of each holds
+    /// whatever share of this many faces a later cut gives it. Otherwise
+    /// an instance's arena grows (by 4 MiB at a time here) in the middle of
+    /// a stream, on the frame whose cut first hands it more faces than
+    /// before; the cut moves with the measured times. Costs one extra run
+    /// per instance the first time a frame has more faces than any before.
+    fn size_for(
+        &mut self,
+        frame: &Frame,
+        faces: &[Detection],
+        align: bool,
+    ) -> Result<(), ClassifyError> {
+        for (instance, largest) in self.instances.iter_mut().zip(&mut self.largest_batch) {
+            if *largest < faces.len() {
+                instance.classify(frame, faces, align)?;
+                *largest = faces.len();
+            }
+        }
+        Ok(())
     }
 
     /// Grows every instance's preallocated batch to `capacity` faces.
@@ -311,6 +336,10 @@ pub fn classify_shared<E: From<ClassifyError>>(
             let mut extra = new_instance(task)?;
             extra.reserve(faces.len());
             replicas.instances.push(extra);
+            replicas.largest_batch.push(0);
+        }
+        if lanes > 1 {
+            replicas.size_for(frame, faces, align)?;
         }
         replicas.last_parts = needed;
     }
