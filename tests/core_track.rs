@@ -239,3 +239,109 @@ fn smoothing_is_configured_through_config() {
     .unwrap();
     assert_eq!(off.tracker().smoothing, Smoothing::Off);
 }
+
+/// A face whose true label alternates every [`SEGMENT`] frames between the
+/// two classes, seen by a classifier that is often wrong: the true class
+/// gets a probability drawn evenly from [0.3, 0.9] each frame (xorshift,
+/// fixed seed), so about a third of the raw labels are wrong. Returns the
+/// true class and the two probabilities of each frame.
+fn unreliable_classifier(frames: usize) -> Vec<(usize, [f32; 2])> {
+    let mut state = 0x9e37_79b9_u32;
+    (0..frames)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let p_true = 0.3 + 0.6 * (state as f32 / u32::MAX as f32);
+            let truth = (i / SEGMENT) % 2;
+            let mut p = [1.0 - p_true; 2];
+            p[truth] = p_true;
+            (truth, p)
+        })
+        .collect()
+}
+
+/// Frames between true changes of label in [`unreliable_classifier`].
+const SEGMENT: usize = 60;
+
+/// The seed's smoothing (its video demos): the label shown is the most
+/// frequent of the last `window` raw labels, the current one included; a
+/// tie goes to the label met first in the window (Python's
+/// `statistics.mode`).
+fn seed_mode(raw: &[usize], window: usize) -> Vec<usize> {
+    (0..raw.len())
+        .map(|i| {
+            let recent = &raw[i.saturating_sub(window - 1)..=i];
+            let count = |label: usize| recent.iter().filter(|&&l| l == label).count();
+            let most = recent.iter().map(|&l| count(l)).max().unwrap_or(0);
+            *recent
+                .iter()
+                .find(|&&l| count(l) == most)
+                .expect("a window holds at least the current label")
+        })
+        .collect()
+}
+
+/// Frames labelled wrongly, and the mean number of frames after each true
+/// change before the label first shows the new class.
+fn errors_and_lag(labels: &[usize], truth: &[usize]) -> (usize, f64) {
+    let wrong = labels.iter().zip(truth).filter(|(l, t)| l != t).count();
+    let changes: Vec<usize> = (SEGMENT..truth.len()).step_by(SEGMENT).collect();
+    let lag: usize = changes
+        .iter()
+        .map(|&c| {
+            (c..truth.len())
+                .take_while(|&i| labels[i] != truth[i])
+                .count()
+        })
+        .sum();
+    (wrong, lag as f64 / changes.len() as f64)
+}
+
+/// Measured here: of 1200 frames, 369 raw labels wrong, 232 with the
+/// seed's mode over 10 frames (4.8 frames late after a change on average),
+/// 131 with the default smoothing (1.4 frames late). Deterministic: the
+/// sequence has a fixed seed.
+#[test]
+fn default_smoothing_beats_the_seeds_mode_over_ten_frames() {
+    assert_eq!(
+        seed_mode(&[0, 1, 1, 0, 0], 3),
+        [0, 0, 1, 1, 0],
+        "the baseline: most frequent of the window, ties to the first met"
+    );
+    let frames = unreliable_classifier(1200);
+    let truth: Vec<usize> = frames.iter().map(|(t, _)| *t).collect();
+    let labels_with = |smoothing: Smoothing| -> Vec<usize> {
+        let mut tracker = Tracker::new(&tracker_config(5, smoothing));
+        frames
+            .iter()
+            .map(|(_, p)| {
+                let assignment = tracker.assign(&[face(0.0, 0.0, 50.0)]).remove(0);
+                let mut c = emotion(p);
+                tracker.smooth(&assignment, ClassifierTask::Emotion, &mut c);
+                c.top
+            })
+            .collect()
+    };
+    let default = Config::from_raw(RawConfig::default()).unwrap();
+    let smoothed = labels_with(default.tracker().smoothing);
+    let raw = labels_with(Smoothing::Off);
+    let mode = seed_mode(&raw, 10);
+    let (raw_wrong, _) = errors_and_lag(&raw, &truth);
+    let (ema_wrong, ema_lag) = errors_and_lag(&smoothed, &truth);
+    let (mode_wrong, mode_lag) = errors_and_lag(&mode, &truth);
+    println!(
+        "wrong labels of {} frames: raw {raw_wrong}, mode over 10 frames {mode_wrong} \
+         (lag after a change {mode_lag:.1} frames), default smoothing {ema_wrong} \
+         (lag {ema_lag:.1})",
+        truth.len()
+    );
+    assert!(
+        ema_wrong < mode_wrong && mode_wrong < raw_wrong,
+        "raw {raw_wrong}, mode {mode_wrong}, default {ema_wrong}"
+    );
+    assert!(
+        ema_lag < mode_lag,
+        "lag: mode {mode_lag}, default {ema_lag}"
+    );
+}
