@@ -211,8 +211,6 @@ pub struct Replicas {
     /// (instance `i` the `i`-th stretch in face order); 0 when the
     /// classifier proper was prepared directly.
     last_parts: usize,
-    /// Per instance, the most faces it has classified in one batch.
-    largest_batch: Vec<usize>,
 }
 
 impl Replicas {
@@ -222,7 +220,6 @@ impl Replicas {
             instances: vec![first],
             time_per_face: TimePerFace::default(),
             last_parts: 0,
-            largest_batch: vec![0],
         }
     }
 
@@ -257,10 +254,9 @@ impl Replicas {
         faces: &[Detection],
         align: bool,
     ) -> Result<(), ClassifyError> {
-        for (instance, largest) in self.instances.iter_mut().zip(&mut self.largest_batch) {
-            if *largest < faces.len() {
+        for instance in &mut self.instances {
+            if instance.largest_run() < faces.len() {
                 instance.classify(frame, faces, align)?;
-                *largest = faces.len();
             }
         }
         Ok(())
@@ -336,7 +332,6 @@ pub fn classify_shared<E: From<ClassifyError>>(
             let mut extra = new_instance(task)?;
             extra.reserve(faces.len());
             replicas.instances.push(extra);
-            replicas.largest_batch.push(0);
         }
         if lanes > 1 {
             replicas.size_for(frame, faces, align)?;

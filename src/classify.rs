@@ -405,6 +405,8 @@ pub struct Classifier {
     alignment: ChipAlignment,
     batch: Array4<f32>,
     batch_len: usize,
+    /// The most faces one [`run`](Classifier::run) has taken so far.
+    largest_run: usize,
     chips: Vec<FaceChip>,
     chip: Mat,
     supersampled: Mat,
@@ -516,6 +518,7 @@ impl Classifier {
             alignment: ChipAlignment::for_task(task),
             batch: Array4::zeros((capacity, channels, chip_h, chip_w)),
             batch_len: 0,
+            largest_run: 0,
             chips: Vec::with_capacity(capacity),
             chip: Mat::default(),
             supersampled: Mat::default(),
@@ -554,6 +557,11 @@ impl Classifier {
     /// (N x C x H x W, N = number of faces).
     pub fn last_batch(&self) -> ArrayView4<'_, f32> {
         self.batch.slice(s![..self.batch_len, .., .., ..])
+    }
+
+    /// The most faces one call of [`run`](Classifier::run) has taken so far.
+    pub fn largest_run(&self) -> usize {
+        self.largest_run
     }
 
     /// Where each chip of the last batch came from.
@@ -683,6 +691,7 @@ impl Classifier {
                     reason: format!("output {:?} missing", self.output_name),
                 })?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(inference)?;
+        self.largest_run = self.largest_run.max(n);
         let classes = self.labels.len();
         if shape.len() != 2 || shape[0] as usize != n || shape[1] as usize != classes {
             return Err(ClassifyError::ModelMismatch {
