@@ -5,13 +5,18 @@
 //!   published, matched by stamp) not growing: the median of the last 10 s at
 //!   most [`LATENCY_GROWTH_FACTOR`] times the median of the first 10 s plus
 //!   [`LATENCY_GROWTH_SLACK`]; RSS at 60 s within 10% of RSS at 10 s.
-//! - 120 Hz (faster than inference): the age of processed frames (now minus
-//!   stamp when processing starts, `frame_age_max_s` of every `/diagnostics`
-//!   period) stays below 2 frame periods plus the processing time
-//!   (`latency_ms.total`), and the dropped frames are counted
-//!   (`frames_dropped_overrun`).
+//! - 120 Hz: the age of processed frames (now minus stamp when processing
+//!   starts, `frame_age_max_s` of every `/diagnostics` period) stays below 2
+//!   frame periods plus the processing time (`latency_ms.total`).
+//! - 1000 Hz for 2 s, well beyond what inference can take: overrun drops are
+//!   counted (`frames_dropped_overrun`). At 120 Hz the node may or may not keep
+//!   up (a 640x480 frame takes about 6 ms at int8, close to the 8.3 ms period),
+//!   so drops are not required there; the burst makes sure they occur.
+//! - Every frame received is accounted for: at the end, with nothing in flight,
+//!   `frames_received` equals processed + dropped (overrun, stale) + bad
+//!   inputs + pipeline errors.
 //!
-//! One test of about 75 s: the issue asks for 60 s of steady state. The
+//! One test of about 80 s: the issue asks for 60 s of steady state. The
 //! numbers are printed (`--nocapture`).
 
 mod ros_common;
@@ -38,6 +43,12 @@ const LATENCY_GROWTH_SLACK: Duration = Duration::from_millis(5);
 const RSS_TOLERANCE: f64 = 0.10;
 const OVERLOAD_HZ: f64 = 120.0;
 const OVERLOAD: Duration = Duration::from_secs(10);
+const BURST_HZ: f64 = 1000.0;
+const BURST: Duration = Duration::from_secs(2);
+/// No frames between the 120 Hz phase and the burst: at least one
+/// `/diagnostics` period, so the counters before the burst are taken with
+/// nothing in flight.
+const GAP: Duration = Duration::from_millis(1500);
 /// Time for the last answers and one more `/diagnostics` period.
 const TAIL: Duration = Duration::from_millis(2500);
 
@@ -201,8 +212,20 @@ fn load_30_hz_for_60_s_then_120_hz_for_10_s() {
         |_| {},
     );
     let overload_end = Instant::now();
+    let overload_published = std::mem::take(&mut published);
+    std::thread::sleep(GAP);
+
+    // Phase 3: a burst at 1000 Hz for 2 s.
+    let burst_start = Instant::now();
+    let burst_sent = stream(
+        &publisher,
+        &mut msg,
+        BURST_HZ,
+        BURST,
+        &mut published,
+        |_| {},
+    );
     std::thread::sleep(TAIL);
-    let overload_published = published;
 
     // --- Phase 1 numbers.
     let received: HashMap<(i32, u32), Instant> = faces
@@ -291,9 +314,9 @@ fn load_30_hz_for_60_s_then_120_hz_for_10_s() {
     let overload_status = statuses(
         &diagnostics,
         steady_end + Duration::from_millis(1100),
-        overload_end + TAIL,
+        overload_end + Duration::from_millis(1100),
     );
-    let after_overload = latest_status(&diagnostics, NS, None);
+    let after_overload = status_before(&diagnostics, burst_start);
     let period = 1.0 / OVERLOAD_HZ;
     let processing_ms = median(
         overload_status
@@ -342,6 +365,31 @@ fn load_30_hz_for_60_s_then_120_hz_for_10_s() {
             .collect::<Vec<_>>()
     );
 
+    // --- Phase 3 numbers; the accounting over the whole run.
+    let last_status = latest_status(&diagnostics, NS, None);
+    let burst_overrun = counter_delta("frames_dropped_overrun", &after_overload, &last_status);
+    let burst_processed = counter_delta("frames_processed", &after_overload, &last_status);
+    let total = |key: &str| {
+        last_status
+            .as_ref()
+            .map(|s| number(s, key))
+            .unwrap_or(f64::NAN)
+    };
+    let accounted = total("frames_processed")
+        + total("frames_dropped_overrun")
+        + total("frames_dropped_stale")
+        + total("bad_input_total")
+        + total("pipeline_errors");
+    eprintln!(
+        "== {BURST_HZ} Hz for {:.1} s: {burst_sent} frames sent, {} received, {burst_processed} processed, overrun drops {burst_overrun}",
+        BURST.as_secs_f64(),
+        counter_delta("frames_received", &after_overload, &last_status),
+    );
+    eprintln!(
+        "== whole run: frames_received {}, processed + dropped + bad + errors {accounted}",
+        total("frames_received")
+    );
+
     // --- Checks.
     let log = node.log_text();
     assert!(
@@ -377,7 +425,16 @@ fn load_30_hz_for_60_s_then_120_hz_for_10_s() {
         );
     }
     assert!(
-        overrun > 0.0,
-        "no overrun drops counted at {OVERLOAD_HZ} Hz"
+        burst_overrun > 0.0,
+        "no overrun drops counted at {BURST_HZ} Hz ({burst_processed} frames processed)"
+    );
+    assert!(
+        burst_processed > 0.0,
+        "no frame processed during the {BURST_HZ} Hz burst"
+    );
+    assert_eq!(
+        total("frames_received"),
+        accounted,
+        "frames received but neither processed nor counted as dropped, bad or failed"
     );
 }
