@@ -4,6 +4,14 @@
 //! back to back and after 33 and 100 ms of idle. Prints medians over 40
 //! frames each (total and detection, ms), after 10 frames of warm-up.
 //!
+//! A third column, `pinned+spin`, runs the pinned pipeline again after the
+//! same idle time, of which the calling thread spends the last
+//! [`SPIN_BEFORE`] spinning instead of sleeping (not counted in the frame's
+//! time). It tells where the cost of idle cores comes from: if a frame after
+//! a short spin is as fast as back to back, it is the calling core's state
+//! after sleeping (what the hypervisor or the CPU does with a halted core),
+//! not ONNX Runtime's sleeping workers or anything in the pipeline.
+//!
 //! Usage: cargo run --release --example idle_frames (part of `make bench`)
 
 use face_perception::config::{Config, RawConfig};
@@ -13,6 +21,8 @@ use image::imageops::{resize, FilterType};
 use std::time::{Duration, Instant};
 
 const FRAMES: usize = 40;
+/// How long the `pinned+spin` case spins before each frame.
+const SPIN_BEFORE: Duration = Duration::from_millis(2);
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
@@ -39,6 +49,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(Pipeline::new(&Config::from_raw(raw)?)?)
     };
     let mut pipelines = [("unpinned", pipeline(false)?), ("pinned", pipeline(true)?)];
+    // (name, pipeline, spin before the frame)
+    let cases = [
+        ("unpinned", 0, false),
+        ("pinned", 1, false),
+        ("pinned+spin", 1, true),
+    ];
     let request = FrameRequest::default();
     for (_, p) in &mut pipelines {
         for (_, frame) in &frames {
@@ -49,22 +65,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for (size, frame) in &frames {
         for idle_ms in [0, 33, 100] {
-            let mut total = [vec![], vec![]];
-            let mut detect = [vec![], vec![]];
+            let mut total = [vec![], vec![], vec![]];
+            let mut detect = [vec![], vec![], vec![]];
             for _ in 0..FRAMES {
-                for (k, (_, p)) in pipelines.iter_mut().enumerate() {
-                    std::thread::sleep(Duration::from_millis(idle_ms));
+                for (k, &(_, index, spin)) in cases.iter().enumerate() {
+                    let idle = Duration::from_millis(idle_ms);
+                    if spin {
+                        std::thread::sleep(idle.saturating_sub(SPIN_BEFORE));
+                        let spinning = Instant::now();
+                        while spinning.elapsed() < SPIN_BEFORE.min(idle) {
+                            std::hint::spin_loop();
+                        }
+                    } else {
+                        std::thread::sleep(idle);
+                    }
                     let started = Instant::now();
-                    let result = p.process(frame, &request)?;
+                    let result = pipelines[index].1.process(frame, &request)?;
                     total[k].push(started.elapsed().as_secs_f64() * 1e3);
                     detect[k].push(result.timings.detect.as_secs_f64() * 1e3);
                 }
             }
-            let cells: Vec<String> = (0..2)
+            let cells: Vec<String> = (0..cases.len())
                 .map(|k| {
                     format!(
                         "{} {:6.2} (detect {:6.2})",
-                        pipelines[k].0,
+                        cases[k].0,
                         median(&mut total[k]),
                         median(&mut detect[k])
                     )
