@@ -48,15 +48,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         Ok(Pipeline::new(&Config::from_raw(raw)?)?)
     };
-    let mut pipelines = [("unpinned", pipeline(false)?), ("pinned", pipeline(true)?)];
-    // (name, pipeline, spin before the frame)
+    let mut pipelines = [pipeline(false)?, pipeline(true)?];
+    // (name, index in `pipelines`, spin before the frame)
     let cases = [
         ("unpinned", 0, false),
         ("pinned", 1, false),
         ("pinned+spin", 1, true),
     ];
     let request = FrameRequest::default();
-    for (_, p) in &mut pipelines {
+    for p in &mut pipelines {
         for (_, frame) in &frames {
             for _ in 0..10 {
                 p.process(frame, &request)?;
@@ -65,8 +65,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for (size, frame) in &frames {
         for idle_ms in [0, 33, 100] {
-            let mut total = [vec![], vec![], vec![]];
-            let mut detect = [vec![], vec![], vec![]];
+            let mut total = vec![Vec::new(); cases.len()];
+            let mut detect = vec![Vec::new(); cases.len()];
             for _ in 0..FRAMES {
                 for (k, &(_, index, spin)) in cases.iter().enumerate() {
                     let idle = Duration::from_millis(idle_ms);
@@ -80,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         std::thread::sleep(idle);
                     }
                     let started = Instant::now();
-                    let result = pipelines[index].1.process(frame, &request)?;
+                    let result = pipelines[index].process(frame, &request)?;
                     total[k].push(started.elapsed().as_secs_f64() * 1e3);
                     detect[k].push(result.timings.detect.as_secs_f64() * 1e3);
                 }
