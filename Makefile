@@ -24,8 +24,8 @@ test: setup
 	@$(ENV) env -u AMENT_PREFIX_PATH cargo test --no-default-features $(CARGO_TEST_FLAGS)
 	@echo "== tests: ROS node over the real middleware, launch/config files, rclpy client"
 	@$(ENV) cargo test --features ros --bins --test 'ros_*' $(CARGO_TEST_FLAGS) -- --test-threads=1
-	@echo "== fuzz target builds"
-	@$(ENV) if [ -f fuzz/Cargo.toml ]; then cargo build --manifest-path fuzz/Cargo.toml --quiet; fi
+	@echo "== fuzz target builds (from fuzz/, whose .cargo/config.toml shares target/)"
+	@$(ENV) if [ -f fuzz/Cargo.toml ]; then cd fuzz && cargo build --quiet; fi
 
 demo: setup
 	@$(ENV) cargo build --release --bins --example demo_player --quiet && scripts/demo.sh
