@@ -19,7 +19,7 @@ use crate::detect::{Detection, Landmarks, Normalization, Point};
 use crate::frame::Frame;
 use crate::manifest::{ModelEntry, Task};
 use ndarray::{s, Array4, ArrayView4};
-use opencv::core::{Mat, Scalar, Size, BORDER_CONSTANT};
+use opencv::core::{Mat, Rect, Scalar, Size, ToInputArray, BORDER_CONSTANT};
 use opencv::imgproc;
 use opencv::prelude::*;
 use ort::session::Session;
@@ -27,15 +27,12 @@ use ort::value::TensorRef;
 use serde::Serialize;
 use std::sync::Arc;
 
-/// When a face region is more than this many frame pixels per chip pixel, it
-/// is supersampled (bilinear sampling alone would alias).
-const MAX_BILINEAR_SHRINK: f32 = 1.5;
-/// Largest supersampling factor (as `tools/chip_alignment.py` uses for the
-/// reference chips).
-const MAX_SUPERSAMPLING: f32 = 4.0;
-/// Bound on the supersampled chip's pixels, so a 64 x 64 chip is sampled at
-/// most 2 x 2 times (the cost per face stays near a tenth of a millisecond).
-const MAX_SUPERSAMPLED_PIXELS: f32 = 128.0 * 128.0;
+/// Frame pixels per chip pixel that [`cut_chip`] aims to leave to bilinear
+/// sampling: a face region shrunk more than this is box-averaged first, by
+/// the whole factor that leaves about this much (at most 2.25, since the
+/// factor is rounded). Bilinear sampling alone over more frame pixels would
+/// alias.
+const BILINEAR_SHRINK: f32 = 1.5;
 /// Where CenterFace's five landmarks (eye, eye, nose tip, mouth corner, mouth
 /// corner; image-left first) fall in dlib's face chip (BlazeFace's eyes and
 /// nose tip use the same points, its mouth centre the mean of the corners), in the unpadded unit
@@ -409,7 +406,122 @@ pub struct Classifier {
     largest_run: usize,
     chips: Vec<FaceChip>,
     chip: Mat,
-    supersampled: Mat,
+    /// Room for a face's region of the frame, box-averaged ([`cut_chip`]);
+    /// it only grows, so frames after the first few allocate nothing.
+    shrunk: Mat,
+}
+
+/// The block size and frame region that [`cut_chip`] box-averages for a chip
+/// of `chip_w` x `chip_h` pixels in a `frame_w` x `frame_h` frame: `None`
+/// when the chip is sampled straight from the frame (under 2.25 frame pixels
+/// per chip pixel, where the factor would be 1, or less than one block of the
+/// region inside the frame). The region is the chip's footprint
+/// grown by one block on each side (the bilinear taps at its border), clipped
+/// to the frame, in whole blocks (at the frame's right or bottom edge, the
+/// last block ends on the edge).
+pub fn shrink_region(
+    chip: &FaceChip,
+    chip_w: usize,
+    chip_h: usize,
+    frame_w: i32,
+    frame_h: i32,
+) -> Option<(i32, Rect)> {
+    let m = &chip.chip_to_frame.0;
+    let shrink = (m[0][0] * m[0][0] + m[1][0] * m[1][0]).sqrt();
+    let block = (shrink / BILINEAR_SHRINK).round();
+    if !block.is_finite() || block < 2.0 {
+        return None;
+    }
+    let block = block.min(i32::MAX as f32) as i32;
+    let (w, h) = (chip_w as f32, chip_h as f32);
+    let corners = [
+        chip.chip_to_frame.apply(-0.5, -0.5),
+        chip.chip_to_frame.apply(w - 0.5, -0.5),
+        chip.chip_to_frame.apply(-0.5, h - 0.5),
+        chip.chip_to_frame.apply(w - 0.5, h - 0.5),
+    ];
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for (x, y) in corners {
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    let b = block as f32;
+    let (frame_w, frame_h) = (frame_w as f32, frame_h as f32);
+    // Whole blocks over [start, end) grown by a block, clipped to [0, limit):
+    // at the far edge the last block ends on it, so nothing inside is cut.
+    let span = |start: f32, end: f32, limit: f32| {
+        let first = (start - b).floor().max(0.0);
+        let last = (end + b).ceil().min(limit);
+        let count = ((last - first) / b).ceil().min((limit / b).floor());
+        (first.min(limit - count * b), count)
+    };
+    let (left, cols) = span(x0, x1, frame_w);
+    let (top, rows) = span(y0, y1, frame_h);
+    if !(cols >= 1.0 && rows >= 1.0) {
+        return None;
+    }
+    // Cast after clipping: every value lies within the frame.
+    let (left, top, cols, rows) = (left as i32, top as i32, cols as i32, rows as i32);
+    Some((block, Rect::new(left, top, cols * block, rows * block)))
+}
+
+/// Cuts one chip of `size` out of `frame` (RGB8) into `out`. A face under
+/// 2.25 frame pixels per chip pixel is sampled bilinearly. A larger one is
+/// box-averaged first, over its region of the frame, by the whole factor
+/// that leaves about [`BILINEAR_SHRINK`] (into the top-left corner of
+/// `shrunk`, which grows when it is too small), then sampled
+/// bilinearly from that, as an image pyramid does. Each chip pixel then
+/// draws on the whole area it covers, and bilinear sampling touches only
+/// chip-sized data.
+pub fn cut_chip(
+    frame: &(impl MatTraitConst + ToInputArray),
+    chip: &FaceChip,
+    size: Size,
+    shrunk: &mut Mat,
+    out: &mut Mat,
+) -> Result<(), ClassifyError> {
+    let flags = imgproc::INTER_LINEAR | imgproc::WARP_INVERSE_MAP;
+    let black = Scalar::all(0.0);
+    let region = shrink_region(
+        chip,
+        size.width as usize,
+        size.height as usize,
+        frame.cols(),
+        frame.rows(),
+    );
+    let Some((block, region)) = region else {
+        let map = chip.chip_to_frame.to_mat()?;
+        imgproc::warp_affine(frame, out, &map, size, flags, BORDER_CONSTANT, black)?;
+        return Ok(());
+    };
+    let blocks = Size::new(region.width / block, region.height / block);
+    let kind = frame.typ();
+    if shrunk.typ() != kind || shrunk.cols() < blocks.width || shrunk.rows() < blocks.height {
+        let (rows, cols) = (
+            shrunk.rows().max(blocks.height),
+            shrunk.cols().max(blocks.width),
+        );
+        *shrunk = Mat::new_rows_cols_with_default(rows, cols, kind, Scalar::all(0.0))?;
+    }
+    // A view of the exact size: resize writes into it without reallocating.
+    let mut shrunk = Mat::roi_mut(shrunk, Rect::new(0, 0, blocks.width, blocks.height))?;
+    imgproc::resize(
+        &Mat::roi(frame, region)?,
+        &mut shrunk,
+        blocks,
+        0.0,
+        0.0,
+        imgproc::INTER_AREA,
+    )?;
+    // Block (u, v)'s centre is frame pixel (left + b u + (b - 1) / 2, ...).
+    let b = block as f32;
+    let offset = (b - 1.0) / 2.0;
+    let frame_to_shrunk = Affine([
+        [1.0 / b, 0.0, -(region.x as f32 + offset) / b],
+        [0.0, 1.0 / b, -(region.y as f32 + offset) / b],
+    ]);
+    let map = frame_to_shrunk.after(&chip.chip_to_frame).to_mat()?;
+    imgproc::warp_affine(&shrunk, out, &map, size, flags, BORDER_CONSTANT, black)?;
+    Ok(())
 }
 
 fn mismatch(task: ClassifierTask, entry: &ModelEntry, reason: impl Into<String>) -> ClassifyError {
@@ -521,7 +633,7 @@ impl Classifier {
             largest_run: 0,
             chips: Vec::with_capacity(capacity),
             chip: Mat::default(),
-            supersampled: Mat::default(),
+            shrunk: Mat::default(),
         })
     }
 
@@ -593,7 +705,13 @@ impl Classifier {
                 self.alignment,
                 align,
             );
-            self.cut_chip(&source, &chip)?;
+            cut_chip(
+                &source,
+                &chip,
+                Size::new(self.chip_w as i32, self.chip_h as i32),
+                &mut self.shrunk,
+                &mut self.chip,
+            )?;
             let slot = self.batch.slice_mut(s![i, .., .., ..]);
             let values = slot
                 .into_slice()
@@ -608,61 +726,6 @@ impl Classifier {
             self.chips.push(chip);
         }
         self.batch_len = faces.len();
-        Ok(())
-    }
-
-    /// Warps one chip out of the frame into `self.chip` (RGB8, chip size).
-    /// A face much larger than the chip is supersampled: warped bilinearly to
-    /// `k` times the chip size, then box-averaged down by the integer factor
-    /// `k`, so the cost does not grow with the face.
-    fn cut_chip(
-        &mut self,
-        source: &impl opencv::core::ToInputArray,
-        chip: &FaceChip,
-    ) -> Result<(), ClassifyError> {
-        let m = &chip.chip_to_frame.0;
-        let shrink = (m[0][0] * m[0][0] + m[1][0] * m[1][0]).sqrt();
-        let size = Size::new(self.chip_w as i32, self.chip_h as i32);
-        let flags = imgproc::INTER_LINEAR | imgproc::WARP_INVERSE_MAP;
-        let black = Scalar::all(0.0);
-        if shrink <= MAX_BILINEAR_SHRINK {
-            let map = chip.chip_to_frame.to_mat()?;
-            imgproc::warp_affine(
-                source,
-                &mut self.chip,
-                &map,
-                size,
-                flags,
-                BORDER_CONSTANT,
-                black,
-            )?;
-            return Ok(());
-        }
-        let budget = (MAX_SUPERSAMPLED_PIXELS / (self.chip_w * self.chip_h).max(1) as f32)
-            .sqrt()
-            .floor();
-        let k = shrink.ceil().min(MAX_SUPERSAMPLING).min(budget).max(1.0);
-        // Supersampled pixel centre u' lies at chip coordinate (u' + 0.5) / k - 0.5.
-        let to_chip = Affine([[1.0 / k, 0.0, 0.5 / k - 0.5], [0.0, 1.0 / k, 0.5 / k - 0.5]]);
-        let map = chip.chip_to_frame.after(&to_chip).to_mat()?;
-        let big = Size::new(size.width * k as i32, size.height * k as i32);
-        imgproc::warp_affine(
-            source,
-            &mut self.supersampled,
-            &map,
-            big,
-            flags,
-            BORDER_CONSTANT,
-            black,
-        )?;
-        imgproc::resize(
-            &self.supersampled,
-            &mut self.chip,
-            size,
-            0.0,
-            0.0,
-            imgproc::INTER_AREA,
-        )?;
         Ok(())
     }
 
@@ -761,6 +824,159 @@ pub fn softmax_in_place(values: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::detect::{BlazeFaceKeypoints, FaceBox, FivePointLandmarks, Point};
+
+    /// A chip `side` pixels wide, `shrink` frame pixels per chip pixel,
+    /// turned by `angle` radians, its pixel (0, 0) at frame point `origin`.
+    fn turned_chip(shrink: f32, angle: f32, origin: (f32, f32)) -> FaceChip {
+        let (c, s) = (shrink * angle.cos(), shrink * angle.sin());
+        FaceChip {
+            chip_to_frame: Affine([[c, -s, origin.0], [s, c, origin.1]]),
+        }
+    }
+
+    /// `width` x `height` RGB frame, every channel `value(x, y)`.
+    fn grey_frame(width: usize, height: usize, value: impl Fn(usize, usize) -> u8) -> Vec<u8> {
+        (0..height)
+            .flat_map(|y| (0..width).flat_map(move |x| [x, y]))
+            .collect::<Vec<_>>()
+            .chunks_exact(2)
+            .flat_map(|p| [value(p[0], p[1]); 3])
+            .collect()
+    }
+
+    fn cut(frame: &[u8], width: usize, chip: &FaceChip, side: i32) -> Vec<u8> {
+        let height = frame.len() / (width * 3);
+        let mat = Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
+            height as i32,
+            width as i32,
+            frame,
+        )
+        .unwrap();
+        let (mut shrunk, mut out) = (Mat::default(), Mat::default());
+        cut_chip(&mat, chip, Size::new(side, side), &mut shrunk, &mut out).unwrap();
+        assert_eq!((out.cols(), out.rows()), (side, side));
+        out.data_bytes().unwrap().to_vec()
+    }
+
+    #[test]
+    fn shrink_region_is_whole_blocks_around_the_footprint_inside_the_frame() {
+        // Under 2.25 frame pixels per chip pixel: straight from the frame.
+        for shrink in [0.5, 1.0, 2.2] {
+            let chip = turned_chip(shrink, 0.0, (10.0, 10.0));
+            assert_eq!(shrink_region(&chip, 16, 16, 640, 480), None, "{shrink}");
+        }
+        // 6 px per chip pixel: blocks of 4; footprint x 97.5..193.5.
+        let chip = turned_chip(6.0, 0.0, (100.0, 50.0));
+        let (block, r) = shrink_region(&chip, 16, 16, 640, 480).unwrap();
+        assert_eq!(block, 4);
+        assert_eq!((r.width % 4, r.height % 4), (0, 0));
+        assert!(
+            r.x as f32 <= 97.5 - 4.0 && r.y as f32 <= 47.5 - 4.0,
+            "{r:?}"
+        );
+        assert!((r.x + r.width) as f32 >= 193.5 + 1.0, "{r:?}");
+        assert!((r.y + r.height) as f32 >= 143.5 + 1.0, "{r:?}");
+        // Half outside the frame: clipped to it.
+        let chip = turned_chip(6.0, 0.3, (600.0, -40.0));
+        let (_, r) = shrink_region(&chip, 16, 16, 640, 480).unwrap();
+        assert!(
+            r.x >= 0 && r.y == 0 && r.x + r.width <= 640 && r.height > 0,
+            "{r:?}"
+        );
+        // Wholly outside, degenerate or larger than the frame's blocks.
+        assert_eq!(
+            shrink_region(&turned_chip(6.0, 0.0, (700.0, 10.0)), 16, 16, 640, 480),
+            None
+        );
+        assert_eq!(
+            shrink_region(&turned_chip(f32::NAN, 0.0, (0.0, 0.0)), 16, 16, 640, 480),
+            None
+        );
+        assert_eq!(
+            shrink_region(&turned_chip(1e6, 0.0, (0.0, 0.0)), 16, 16, 640, 480),
+            None
+        );
+    }
+
+    #[test]
+    fn chips_follow_a_linear_ramp_straight_turned_and_shrunk() {
+        // Frame value x + y: box averages and bilinear samples of a linear
+        // function are its value at the sample point, so every chip pixel
+        // must be the ramp at its centre's frame point. Tolerance 0.75 grey
+        // levels (rounding and OpenCV's 1/32 pixel sample positions); a
+        // shrunk region off by a pixel would be 2 levels out.
+        let (width, height) = (160, 96);
+        let frame = grey_frame(width, height, |x, y| (x + y) as u8);
+        for (shrink, angle, origin) in [
+            (1.0, 0.0, (60.0, 30.0)),
+            (1.3, 0.4, (70.0, 20.0)),
+            (4.0, 0.0, (45.0, 18.0)),
+            (4.5, 0.35, (75.0, 10.0)),
+            (6.0, -0.2, (20.0, 20.0)),
+        ] {
+            let side = 12;
+            let chip = turned_chip(shrink, angle, origin);
+            let pixels = cut(&frame, width, &chip, side);
+            for v in 0..side {
+                for u in 0..side {
+                    let (x, y) = chip.chip_to_frame.apply(u as f32, v as f32);
+                    let got = f32::from(pixels[((v * side + u) * 3) as usize]);
+                    assert!(
+                        (got - (x + y)).abs() <= 0.75,
+                        "shrink {shrink} angle {angle}: chip ({u}, {v}) = {got}, ramp {}",
+                        x + y
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_shrunk_chip_over_the_frame_edge_is_black_outside_and_the_ramp_inside() {
+        // Blocks of 3 (shrink 4.5), the chip over the right and bottom edges
+        // of a frame 97 x 77 (neither a whole number of blocks). Chip pixels
+        // whose centres lie outside the frame are black; those more than two
+        // blocks inside follow the ramp (tolerance as above).
+        let (width, height) = (97, 77);
+        let frame = grey_frame(width, height, |x, y| (x + y) as u8);
+        let side = 16;
+        let chip = turned_chip(4.5, 0.0, (40.0, 30.0));
+        let pixels = cut(&frame, width, &chip, side);
+        let (mut outside, mut inside) = (0, 0);
+        for v in 0..side {
+            for u in 0..side {
+                let (x, y) = chip.chip_to_frame.apply(u as f32, v as f32);
+                let got = f32::from(pixels[((v * side + u) * 3) as usize]);
+                if x > width as f32 + 1.0 || y > height as f32 + 1.0 {
+                    outside += 1;
+                    assert_eq!(got, 0.0, "chip ({u}, {v}) at ({x}, {y})");
+                } else if x < width as f32 - 6.5 && y < height as f32 - 6.5 {
+                    inside += 1;
+                    assert!((got - (x + y)).abs() <= 0.75, "chip ({u}, {v}) = {got}");
+                }
+            }
+        }
+        assert!(
+            outside > 50 && inside > 50,
+            "{outside} outside, {inside} inside"
+        );
+    }
+
+    #[test]
+    fn a_shrunk_chip_averages_detail_finer_than_its_pixels() {
+        // A one-pixel checkerboard seen at 6 frame pixels per chip pixel is
+        // grey (127.5) to the eye; bilinear sampling alone would alias it
+        // into black and white. Tolerance 2 grey levels.
+        let (width, height) = (240, 240);
+        let frame = grey_frame(width, height, |x, y| if (x + y) % 2 == 0 { 255 } else { 0 });
+        let chip = turned_chip(6.0, 0.25, (40.0, 20.0));
+        let pixels = cut(&frame, width, &chip, 24);
+        let worst = pixels
+            .iter()
+            .map(|&p| (f32::from(p) - 127.5).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= 2.0, "chip strays {worst} grey levels from 127.5");
+    }
 
     #[test]
     fn chip_geometry_covers_the_padded_box() {
