@@ -419,7 +419,7 @@ pub struct Classifier {
 /// grown by one block on each side (the bilinear taps at its border), clipped
 /// to the frame, in whole blocks (at the frame's right or bottom edge, the
 /// last block ends on the edge).
-pub fn shrink_region(
+fn shrink_region(
     chip: &FaceChip,
     chip_w: usize,
     chip_h: usize,
@@ -472,7 +472,7 @@ pub fn shrink_region(
 /// bilinearly from that, as an image pyramid does. Each chip pixel then
 /// draws on the whole area it covers, and bilinear sampling touches only
 /// chip-sized data.
-pub fn cut_chip(
+fn cut_chip(
     frame: &(impl MatTraitConst + ToInputArray),
     chip: &FaceChip,
     size: Size,
