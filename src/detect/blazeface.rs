@@ -7,7 +7,7 @@
 //! `[model.decode]` (`decoder = "ssd_anchors"`), and boxes and keypoints are
 //! mapped back to frame pixels by undoing the letterbox. Overlapping
 //! detections are merged by weighted NMS
-//! ([`weighted_non_max_suppression`](super::weighted_non_max_suppression),
+//! ([`weighted_non_max_suppression`],
 //! MediaPipe's rule for this detector: score-weighted mean box and keypoints)
 //! rather than the other backends' greedy NMS. `models/README.md` documents
 //! the decoding, `tools/blazeface_decode.py` is its reference. The
