@@ -836,11 +836,9 @@ mod tests {
 
     /// `width` x `height` RGB frame, every channel `value(x, y)`.
     fn grey_frame(width: usize, height: usize, value: impl Fn(usize, usize) -> u8) -> Vec<u8> {
+        let value = &value;
         (0..height)
-            .flat_map(|y| (0..width).flat_map(move |x| [x, y]))
-            .collect::<Vec<_>>()
-            .chunks_exact(2)
-            .flat_map(|p| [value(p[0], p[1]); 3])
+            .flat_map(|y| (0..width).flat_map(move |x| [value(x, y); 3]))
             .collect()
     }
 
