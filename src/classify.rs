@@ -447,20 +447,14 @@ fn grown_view(
 }
 
 /// The block size and frame region that [`cut_chip`] box-averages for a chip
-/// of `chip_w` x `chip_h` pixels in a `frame_w` x `frame_h` frame: `None`
+/// of `size` in a `frame_w` x `frame_h` frame: `None`
 /// when the chip is sampled straight from the frame (under 2.25 frame pixels
 /// per chip pixel, where the factor would be 1, or less than one block of the
 /// region inside the frame). The region is the chip's footprint
 /// grown by one block on each side (the bilinear taps at its border), clipped
 /// to the frame, in whole blocks (at the frame's right or bottom edge, the
 /// last block ends on the edge).
-fn shrink_region(
-    chip: &FaceChip,
-    chip_w: usize,
-    chip_h: usize,
-    frame_w: i32,
-    frame_h: i32,
-) -> Option<(i32, Rect)> {
+fn shrink_region(chip: &FaceChip, size: Size, frame_w: i32, frame_h: i32) -> Option<(i32, Rect)> {
     let m = &chip.chip_to_frame.0;
     let shrink = (m[0][0] * m[0][0] + m[1][0] * m[1][0]).sqrt();
     let block = (shrink / BILINEAR_SHRINK).round();
@@ -468,7 +462,7 @@ fn shrink_region(
         return None;
     }
     let block = block.min(i32::MAX as f32) as i32;
-    let (w, h) = (chip_w as f32, chip_h as f32);
+    let (w, h) = (size.width as f32, size.height as f32);
     let corners = [
         chip.chip_to_frame.apply(-0.5, -0.5),
         chip.chip_to_frame.apply(w - 0.5, -0.5),
@@ -516,14 +510,7 @@ fn cut_chip(
 ) -> Result<(), ClassifyError> {
     let flags = imgproc::INTER_LINEAR | imgproc::WARP_INVERSE_MAP;
     let black = Scalar::all(0.0);
-    let region = shrink_region(
-        chip,
-        size.width as usize,
-        size.height as usize,
-        frame.cols(),
-        frame.rows(),
-    );
-    let Some((block, region)) = region else {
+    let Some((block, region)) = shrink_region(chip, size, frame.cols(), frame.rows()) else {
         let map = chip.chip_to_frame.to_mat()?;
         imgproc::warp_affine(frame, out, &map, size, flags, BORDER_CONSTANT, black)?;
         return Ok(());
@@ -894,16 +881,18 @@ mod tests {
         out.data_bytes().unwrap().to_vec()
     }
 
+    const CHIP_16: Size = Size::new(16, 16);
+
     #[test]
     fn shrink_region_is_whole_blocks_around_the_footprint_inside_the_frame() {
         // Under 2.25 frame pixels per chip pixel: straight from the frame.
         for shrink in [0.5, 1.0, 2.2] {
             let chip = turned_chip(shrink, 0.0, (10.0, 10.0));
-            assert_eq!(shrink_region(&chip, 16, 16, 640, 480), None, "{shrink}");
+            assert_eq!(shrink_region(&chip, CHIP_16, 640, 480), None, "{shrink}");
         }
         // 6 px per chip pixel: blocks of 4; footprint x 97.5..193.5.
         let chip = turned_chip(6.0, 0.0, (100.0, 50.0));
-        let (block, r) = shrink_region(&chip, 16, 16, 640, 480).unwrap();
+        let (block, r) = shrink_region(&chip, CHIP_16, 640, 480).unwrap();
         assert_eq!(block, 4);
         assert_eq!((r.width % 4, r.height % 4), (0, 0));
         assert!(
@@ -914,22 +903,22 @@ mod tests {
         assert!((r.y + r.height) as f32 >= 143.5 + 1.0, "{r:?}");
         // Half outside the frame: clipped to it.
         let chip = turned_chip(6.0, 0.3, (600.0, -40.0));
-        let (_, r) = shrink_region(&chip, 16, 16, 640, 480).unwrap();
+        let (_, r) = shrink_region(&chip, CHIP_16, 640, 480).unwrap();
         assert!(
             r.x >= 0 && r.y == 0 && r.x + r.width <= 640 && r.height > 0,
             "{r:?}"
         );
         // Wholly outside, degenerate or larger than the frame's blocks.
         assert_eq!(
-            shrink_region(&turned_chip(6.0, 0.0, (700.0, 10.0)), 16, 16, 640, 480),
+            shrink_region(&turned_chip(6.0, 0.0, (700.0, 10.0)), CHIP_16, 640, 480),
             None
         );
         assert_eq!(
-            shrink_region(&turned_chip(f32::NAN, 0.0, (0.0, 0.0)), 16, 16, 640, 480),
+            shrink_region(&turned_chip(f32::NAN, 0.0, (0.0, 0.0)), CHIP_16, 640, 480),
             None
         );
         assert_eq!(
-            shrink_region(&turned_chip(1e6, 0.0, (0.0, 0.0)), 16, 16, 640, 480),
+            shrink_region(&turned_chip(1e6, 0.0, (0.0, 0.0)), CHIP_16, 640, 480),
             None
         );
     }
