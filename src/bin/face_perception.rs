@@ -73,8 +73,8 @@ struct AnalyzeArgs {
     #[arg(long, value_name = "DIR")]
     annotated: Option<PathBuf>,
     /// Face detector: dnn (the default DNN, CenterFace), centerface,
-    /// blazeface (MediaPipe BlazeFace full range: faster, fewer small faces)
-    /// or haar (OpenCV cascade).
+    /// blazeface (MediaPipe BlazeFace full range, fp32: faster than fp32
+    /// centerface, fewer small faces) or haar (OpenCV cascade).
     #[arg(
         long,
         value_name = "dnn|centerface|blazeface|haar",
