@@ -12,6 +12,8 @@
 use criterion::{black_box, BenchmarkId, Criterion};
 use face_perception::classify::{Classifier, ClassifierTask};
 use face_perception::config::{Config, RawConfig};
+use face_perception::detect::shrink::AreaShrink;
+use face_perception::detect::DetectionScale;
 use face_perception::frame::{Frame, FrameLimits, RawImage};
 use face_perception::manifest::Manifest;
 use face_perception::parallel::{side_by_side, Cores};
@@ -135,6 +137,36 @@ fn bench_frames(c: &mut Criterion) {
         let jpeg = std::fs::read(path).unwrap();
         group.bench_function(BenchmarkId::new("jpeg", &id), |b| {
             b.iter(|| Frame::from_compressed("jpeg", black_box(&jpeg), &limits).unwrap())
+        });
+    }
+    // Shrinking a frame to CenterFace's default 320 px input: OpenCV's area
+    // resize and the detectors' AreaShrink (the same bytes; 640x480 is a
+    // factor of 2, which AreaShrink leaves to OpenCV).
+    let mut shrink = AreaShrink::default();
+    for (w, h) in SIZES {
+        let frame = frame(w, h, 5);
+        let source =
+            Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(h as i32, w as i32, frame.data())
+                .unwrap();
+        let scale = DetectionScale::for_frame(w, h, 320);
+        let size = opencv::core::Size::new(scale.width as i32, scale.height as i32);
+        let id = format!("{w}x{h}_to_{}x{}", scale.width, scale.height);
+        let mut out = Mat::default();
+        group.bench_function(BenchmarkId::new("shrink_area_opencv", &id), |b| {
+            b.iter(|| {
+                opencv::imgproc::resize(
+                    black_box(&source),
+                    &mut out,
+                    size,
+                    0.0,
+                    0.0,
+                    opencv::imgproc::INTER_AREA,
+                )
+                .unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::new("shrink_area", &id), |b| {
+            b.iter(|| shrink.resize(black_box(&source), &mut out, size).unwrap())
         });
     }
     group.finish();

@@ -14,6 +14,7 @@
 //! anchors, the letterbox canvas and the input tensor are built once; only
 //! the resized frame's buffer follows the frame size.
 
+use super::shrink::AreaShrink;
 use super::{
     check_interface, output_tensor, weighted_non_max_suppression, BlazeFaceKeypoints, DetectError,
     Detection, FaceBox, FaceDetector, Landmarks, Normalization, Point,
@@ -131,6 +132,7 @@ pub struct BlazeFace {
     anchors: Vec<Point>,
     logit_limit: f32,
     resized: Mat,
+    shrink: AreaShrink,
     /// Letterboxed RGB8 input image, `size * size * 3` bytes.
     canvas: Vec<u8>,
     input: Array4<f32>,
@@ -193,6 +195,7 @@ impl BlazeFace {
             anchors,
             logit_limit: decode.logit_limit,
             resized: Mat::default(),
+            shrink: AreaShrink::default(),
             canvas: vec![0; side * side * 3],
             input: Array4::zeros((1, 3, side, side)),
         })
@@ -212,20 +215,20 @@ impl BlazeFace {
                 frame.data()
             } else {
                 let target = Size::new(letterbox.width as i32, letterbox.height as i32);
+                let source = frame.as_mat()?;
                 // Area averaging when shrinking (no aliasing), bilinear when enlarging.
-                let interpolation = if letterbox.scale_x < 1.0 {
-                    imgproc::INTER_AREA
+                if letterbox.scale_x < 1.0 {
+                    self.shrink.resize(&source, &mut self.resized, target)?;
                 } else {
-                    imgproc::INTER_LINEAR
-                };
-                imgproc::resize(
-                    &frame.as_mat()?,
-                    &mut self.resized,
-                    target,
-                    0.0,
-                    0.0,
-                    interpolation,
-                )?;
+                    imgproc::resize(
+                        &source,
+                        &mut self.resized,
+                        target,
+                        0.0,
+                        0.0,
+                        imgproc::INTER_LINEAR,
+                    )?;
+                }
                 self.resized.data_bytes()?
             };
         self.canvas.fill(0);

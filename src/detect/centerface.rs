@@ -10,6 +10,7 @@
 //! bytes in 2 x 2 blocks ([`super::byte_input`]).
 
 use super::byte_input::{self, BLOCK, BLOCK_CHANNELS};
+use super::shrink::AreaShrink;
 use super::{
     check_interface, filter_detections, output_tensor, DetectError, Detection, DetectionScale,
     FaceBox, FaceDetector, FivePointLandmarks, Landmarks, Normalization, Point,
@@ -19,7 +20,6 @@ use crate::frame::Frame;
 use crate::manifest::ModelEntry;
 use ndarray::Array4;
 use opencv::core::{Mat, Size};
-use opencv::imgproc;
 use opencv::prelude::*;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -42,6 +42,7 @@ pub struct CenterFace {
     output_names: [String; OUTPUT_COUNT],
     norm: Normalization,
     resized: Mat,
+    shrink: AreaShrink,
     input: Input,
 }
 
@@ -93,6 +94,7 @@ impl CenterFace {
             output_names,
             norm,
             resized: Mat::default(),
+            shrink: AreaShrink::default(),
             input: if byte_blocks {
                 Input::Blocks(Array4::zeros((1, 0, 0, BLOCK_CHANNELS)))
             } else {
@@ -133,14 +135,7 @@ impl CenterFace {
         } else {
             let size = Size::new(scale.width as i32, scale.height as i32);
             // Area averaging: no aliasing when shrinking several times.
-            imgproc::resize(
-                &source,
-                &mut self.resized,
-                size,
-                0.0,
-                0.0,
-                imgproc::INTER_AREA,
-            )?;
+            self.shrink.resize(&source, &mut self.resized, size)?;
             self.resized.data_bytes()?
         };
         let not_contiguous = || DetectError::OpenCv("input tensor is not contiguous".into());

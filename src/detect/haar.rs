@@ -2,6 +2,7 @@
 //! used. No landmarks; the score is derived from the number of overlapping
 //! raw detections that were merged into each face (its "neighbours").
 
+use super::shrink::AreaShrink;
 use super::{filter_detections, DetectError, Detection, DetectionScale, FaceBox, FaceDetector};
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
@@ -23,6 +24,7 @@ pub struct HaarCascade {
     cascade: CascadeClassifier,
     grey: Mat,
     resized: Mat,
+    shrink: AreaShrink,
 }
 
 impl HaarCascade {
@@ -47,6 +49,7 @@ impl HaarCascade {
             cascade,
             grey: Mat::default(),
             resized: Mat::default(),
+            shrink: AreaShrink::default(),
         })
     }
 
@@ -73,14 +76,7 @@ impl FaceDetector for HaarCascade {
             &self.grey
         } else {
             let size = Size::new(scale.width as i32, scale.height as i32);
-            imgproc::resize(
-                &self.grey,
-                &mut self.resized,
-                size,
-                0.0,
-                0.0,
-                imgproc::INTER_AREA,
-            )?;
+            self.shrink.resize(&self.grey, &mut self.resized, size)?;
             &self.resized
         };
         let min_side = (params.min_face_size * scale.scale_x.min(scale.scale_y))

@@ -16,6 +16,7 @@ pub mod blazeface;
 pub mod byte_input;
 pub mod centerface;
 pub mod haar;
+pub mod shrink;
 
 use crate::config::DetectorConfig;
 use crate::frame::Frame;
