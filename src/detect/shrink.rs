@@ -1,4 +1,5 @@
-//! Downscaling a frame for a detector by area averaging.
+//! Downscaling by area averaging: a frame for a detector, a face's region
+//! for its chips (`classify`).
 //!
 //! OpenCV's `resize` with `INTER_AREA` takes a fast path when the frame is a
 //! whole number of times the target size, but only a factor of 2 is
@@ -8,9 +9,9 @@
 //! time at the default settings. [`AreaShrink::resize`] computes the same
 //! bytes for those factors by summing whole rows first (which vectorises)
 //! and then each block's columns: 0.58 ms. It hands every other size to
-//! OpenCV.
+//! OpenCV, and takes views (a face's region, a buffer's corner) as they are.
 
-use opencv::core::{Mat, Size, ToInputArray, CV_8U};
+use opencv::core::{Mat, Size, ToInputArray, ToOutputArray, CV_8U};
 use opencv::imgproc;
 use opencv::prelude::*;
 
@@ -18,22 +19,22 @@ use opencv::prelude::*;
 /// values fit.
 const MAX_BLOCK_ROWS: usize = u16::MAX as usize / u8::MAX as usize;
 
-/// Area downscaling with its scratch buffer, kept by a detector between
-/// frames.
+/// Area downscaling with its scratch buffer, kept between frames by each
+/// detector and by each classifier's chip cutting.
 #[derive(Default)]
 pub struct AreaShrink {
-    /// Each output row's column sums, grown as needed.
+    /// The column sums of one band of block rows, grown as needed.
     row_sums: Vec<u16>,
 }
 
 impl AreaShrink {
     /// `src` shrunk to `size` by area averaging, into `dst` (reallocated
-    /// only when its size or type differs). When `src` is 8-bit,
-    /// continuous, and a whole number of times `size` along each axis
-    /// (other than 2 x 2, which OpenCV vectorises itself), each output
-    /// value is the block's sum times the reciprocal of its area in single
-    /// precision, rounded half to even: what OpenCV's whole-factor path
-    /// computes. Anything else goes to OpenCV's `resize` with `INTER_AREA`.
+    /// only when its size or type differs). When `src` is 8-bit and a whole
+    /// number of times `size` along each axis (other than 2 x 2, which
+    /// OpenCV vectorises itself), each output value is the block's sum
+    /// times the reciprocal of its area in single precision, rounded half
+    /// to even: what OpenCV's whole-factor path computes. Anything else goes
+    /// to OpenCV's `resize` with `INTER_AREA`.
     pub fn resize(
         &mut self,
         src: &(impl MatTraitConst + ToInputArray),
@@ -43,26 +44,78 @@ impl AreaShrink {
         let Some(block) = whole_factor(src, size) else {
             return imgproc::resize(src, dst, size, 0.0, 0.0, imgproc::INTER_AREA);
         };
-        if dst.typ() != src.typ() || dst.rows() != size.height || dst.cols() != size.width {
+        if dst.typ() != src.typ() || dst.size()? != size {
             *dst = Mat::new_rows_cols_with_default(size.height, size.width, src.typ(), 0.0.into())?;
         }
+        self.sum_blocks(src, dst, block)
+    }
+
+    /// [`resize`](Self::resize) into `dst` at its own size: a view into a
+    /// larger buffer (never reallocated), as the chip cutting keeps.
+    pub fn resize_into(
+        &mut self,
+        src: &(impl MatTraitConst + ToInputArray),
+        dst: &mut (impl MatTrait + ToOutputArray),
+    ) -> opencv::Result<()> {
+        let size = dst.size()?;
+        match whole_factor(src, size) {
+            Some(block) if dst.typ() == src.typ() => self.sum_blocks(src, dst, block),
+            _ => imgproc::resize(src, dst, size, 0.0, 0.0, imgproc::INTER_AREA),
+        }
+    }
+
+    /// Averages blocks of `bx` x `by` pixels of `src` into `dst`: each band
+    /// of `by` rows is summed column by column (which vectorises), then each
+    /// block's columns are added. Views work: rows are read one by one.
+    fn sum_blocks(
+        &mut self,
+        src: &impl MatTraitConst,
+        dst: &mut impl MatTrait,
+        (bx, by): (usize, usize),
+    ) -> opencv::Result<()> {
         let channels = src.channels() as usize;
-        sum_blocks(
-            src.data_bytes()?,
-            src.cols() as usize * channels,
-            channels,
-            block,
-            size.width as usize,
-            dst.data_bytes_mut()?,
-            &mut self.row_sums,
-        );
+        let scale = 1.0 / (bx * by) as f32;
+        let out_rows = dst.rows();
+        // One element per byte: rows of width x channels values.
+        let src = src.reshape(1, 0)?;
+        let mut dst = dst.reshape_mut(1, 0)?;
+        let row_sums = &mut self.row_sums;
+        row_sums.resize(src.cols() as usize, 0);
+        let mut next_row = 0;
+        for out_row in 0..out_rows {
+            row_sums.fill(0);
+            for _ in 0..by {
+                for (sum, &value) in row_sums.iter_mut().zip(src.at_row::<u8>(next_row)?) {
+                    *sum += u16::from(value);
+                }
+                next_row += 1;
+            }
+            let out = dst.at_row_mut::<u8>(out_row)?;
+            match channels {
+                1 => average_columns::<1>(row_sums, bx, scale, out),
+                3 => average_columns::<3>(row_sums, bx, scale, out),
+                4 => average_columns::<4>(row_sums, bx, scale, out),
+                _ => {
+                    let blocks = out
+                        .chunks_exact_mut(channels)
+                        .zip(row_sums.chunks_exact(bx * channels));
+                    for (pixel, sums) in blocks {
+                        for (c, value) in pixel.iter_mut().enumerate() {
+                            let column = sums[c..].iter().step_by(channels);
+                            let total: u32 = column.map(|&s| u32::from(s)).sum();
+                            *value = rounded(total as f32 * scale);
+                        }
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
 
-/// The block (columns, rows) when [`AreaShrink::resize`] sums blocks itself.
+/// The block (columns, rows) when [`AreaShrink`] sums blocks itself.
 fn whole_factor(src: &impl MatTraitConst, size: Size) -> Option<(usize, usize)> {
-    if src.depth() != CV_8U || !src.is_continuous() || size.width < 1 || size.height < 1 {
+    if src.depth() != CV_8U || size.width < 1 || size.height < 1 {
         return None;
     }
     let (w, h) = (src.cols(), src.rows());
@@ -70,56 +123,6 @@ fn whole_factor(src: &impl MatTraitConst, size: Size) -> Option<(usize, usize)> 
     let exact = bx * size.width == w && by * size.height == h;
     let useful = bx >= 1 && by >= 1 && (bx, by) != (1, 1) && (bx, by) != (2, 2);
     (exact && useful && by as usize <= MAX_BLOCK_ROWS).then_some((bx as usize, by as usize))
-}
-
-/// Averages blocks of `block` (columns, rows) pixels of `src` (rows of
-/// `row_len` bytes, `channels` interleaved) into `dst` (rows of
-/// `out_width` pixels): each band of block rows is summed column by column
-/// into `row_sums` (which vectorises), then each block's columns are added.
-fn sum_blocks(
-    src: &[u8],
-    row_len: usize,
-    channels: usize,
-    block: (usize, usize),
-    out_width: usize,
-    dst: &mut [u8],
-    row_sums: &mut Vec<u16>,
-) {
-    let (bx, by) = block;
-    let scale = 1.0 / (bx * by) as f32;
-    row_sums.resize(row_len, 0);
-    let out_len = out_width * channels;
-    for (band, out) in src
-        .chunks_exact(row_len * by)
-        .zip(dst.chunks_exact_mut(out_len))
-    {
-        row_sums.fill(0);
-        for row in band.chunks_exact(row_len) {
-            for (sum, &value) in row_sums.iter_mut().zip(row) {
-                *sum += u16::from(value);
-            }
-        }
-        match channels {
-            1 => average_columns::<1>(row_sums, bx, scale, out),
-            3 => average_columns::<3>(row_sums, bx, scale, out),
-            4 => average_columns::<4>(row_sums, bx, scale, out),
-            _ => {
-                for (pixel, sums) in out
-                    .chunks_exact_mut(channels)
-                    .zip(row_sums.chunks_exact(bx * channels))
-                {
-                    for (c, value) in pixel.iter_mut().enumerate() {
-                        let total: u32 = sums[c..]
-                            .iter()
-                            .step_by(channels)
-                            .map(|&s| u32::from(s))
-                            .sum();
-                        *value = rounded(total as f32 * scale);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// One output row from the column sums of its band, `C` channels a pixel.
@@ -152,7 +155,7 @@ fn rounded(x: f32) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opencv::core::{Scalar, CV_8UC1, CV_8UC3};
+    use opencv::core::{Rect, Scalar, CV_8UC1, CV_8UC3};
 
     fn noise(rows: i32, cols: i32, kind: i32, seed: u32) -> Mat {
         let mut mat = Mat::new_rows_cols_with_default(rows, cols, kind, Scalar::all(0.0)).unwrap();
@@ -215,6 +218,34 @@ mod tests {
         shrink.resize(&uniform, &mut out, Size::new(3, 4)).unwrap();
         assert_eq!((out.cols(), out.rows()), (3, 4));
         assert!(out.data_bytes().unwrap().iter().all(|&v| v == 201));
+    }
+
+    #[test]
+    fn a_view_of_the_frame_into_a_view_of_a_buffer() {
+        // As the chip cutting does: a region of the frame, 3 x 3 blocks,
+        // into the top-left corner of a larger buffer.
+        let frame = noise(100, 120, CV_8UC3, 11);
+        let region = Mat::roi(&frame, Rect::new(7, 5, 60, 45)).unwrap();
+        let mut buffer =
+            Mat::new_rows_cols_with_default(30, 40, CV_8UC3, Scalar::all(9.0)).unwrap();
+        let mut view = Mat::roi_mut(&mut buffer, Rect::new(0, 0, 20, 15)).unwrap();
+        AreaShrink::default()
+            .resize_into(&region, &mut view)
+            .unwrap();
+        let expected = opencv_area(&region.try_clone().unwrap(), Size::new(20, 15));
+        for row in 0..15 {
+            let got = buffer.at_row::<opencv::core::Vec3b>(row).unwrap();
+            let got: Vec<u8> = got.iter().flat_map(|p| p.0).collect();
+            assert_eq!(
+                &got[..60],
+                &expected[row as usize * 60..][..60],
+                "row {row}"
+            );
+            assert!(
+                got[60..].iter().all(|&v| v == 9),
+                "row {row}: outside the view"
+            );
+        }
     }
 
     #[test]
