@@ -29,12 +29,12 @@ pub struct AreaShrink {
 
 impl AreaShrink {
     /// `src` shrunk to `size` by area averaging, into `dst` (reallocated
-    /// only when its size or type differs). When `src` is 8-bit and a whole
-    /// number of times `size` along each axis (other than 2 x 2, which
-    /// OpenCV vectorises itself), each output value is the block's sum
-    /// times the reciprocal of its area in single precision, rounded half
-    /// to even: what OpenCV's whole-factor path computes. Anything else goes
-    /// to OpenCV's `resize` with `INTER_AREA`.
+    /// only when its size or type differs). When `src` is 8-bit with 1, 3
+    /// or 4 channels and a whole number of times `size` along each axis
+    /// (other than 2 x 2, which OpenCV vectorises itself), each output value
+    /// is the block's sum times the reciprocal of its area in single
+    /// precision, rounded half to even: what OpenCV's whole-factor path
+    /// computes. Anything else goes to OpenCV's `resize` with `INTER_AREA`.
     pub fn resize(
         &mut self,
         src: &(impl MatTraitConst + ToInputArray),
@@ -91,22 +91,11 @@ impl AreaShrink {
                 next_row += 1;
             }
             let out = dst.at_row_mut::<u8>(out_row)?;
+            // whole_factor admits 1, 3 or 4 channels.
             match channels {
                 1 => average_columns::<1>(row_sums, bx, scale, out),
                 3 => average_columns::<3>(row_sums, bx, scale, out),
-                4 => average_columns::<4>(row_sums, bx, scale, out),
-                _ => {
-                    let blocks = out
-                        .chunks_exact_mut(channels)
-                        .zip(row_sums.chunks_exact(bx * channels));
-                    for (pixel, sums) in blocks {
-                        for (c, value) in pixel.iter_mut().enumerate() {
-                            let column = sums[c..].iter().step_by(channels);
-                            let total: u32 = column.map(|&s| u32::from(s)).sum();
-                            *value = rounded(total as f32 * scale);
-                        }
-                    }
-                }
+                _ => average_columns::<4>(row_sums, bx, scale, out),
             }
         }
         Ok(())
@@ -115,7 +104,8 @@ impl AreaShrink {
 
 /// The block (columns, rows) when [`AreaShrink`] sums blocks itself.
 fn whole_factor(src: &impl MatTraitConst, size: Size) -> Option<(usize, usize)> {
-    if src.depth() != CV_8U || size.width < 1 || size.height < 1 {
+    let channels_summed = matches!(src.channels(), 1 | 3 | 4);
+    if src.depth() != CV_8U || !channels_summed || size.width < 1 || size.height < 1 {
         return None;
     }
     let (w, h) = (src.cols(), src.rows());
@@ -258,6 +248,12 @@ mod tests {
         );
         assert_eq!(whole_factor(&src, Size::new(300, 200)), None, "not whole");
         assert_eq!(whole_factor(&src, Size::new(640, 480)), None, "same size");
+        let two_channels = noise(48, 64, opencv::core::CV_8UC2, 5);
+        assert_eq!(
+            whole_factor(&two_channels, Size::new(16, 16)),
+            None,
+            "2 channels"
+        );
         let mut shrink = AreaShrink::default();
         for size in [Size::new(320, 240), Size::new(300, 200)] {
             let mut out = Mat::default();
