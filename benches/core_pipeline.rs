@@ -16,7 +16,7 @@ use face_perception::detect::shrink::AreaShrink;
 use face_perception::detect::DetectionScale;
 use face_perception::frame::{Frame, FrameLimits, RawImage};
 use face_perception::manifest::Manifest;
-use face_perception::parallel::{side_by_side, Cores};
+use face_perception::parallel::Cores;
 use face_perception::pipeline::{load_session, FrameRequest, Pipeline};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -245,12 +245,23 @@ fn bench_stages(c: &mut Criterion) {
         BenchmarkId::new("classify_gender_emotion_int8_t1", &id),
         |b| b.iter(|| p.classify(black_box(&f), &faces).unwrap()),
     );
-    // Two threads: the int8 classifiers side by side, one thread each, their
-    // faces shared evenly between the two.
+    // Two threads: the int8 classifiers side by side, one thread each: by
+    // default each with all faces in one batched call (emotion, the slower,
+    // on the calling thread), with classifier_split "face" their faces
+    // shared evenly between the two (emotion as two instances).
     let mut p2 = pipeline_at(2, "int8", "dnn");
     group.bench_function(
         BenchmarkId::new("classify_gender_emotion_int8_t2", &id),
         |b| b.iter(|| p2.classify(black_box(&f), &faces).unwrap()),
+    );
+    let by_face = RawConfig {
+        classifier_split: "face".into(),
+        ..p2.config().to_raw()
+    };
+    let mut p2_by_face = Pipeline::new(&Config::from_raw(by_face).unwrap()).unwrap();
+    group.bench_function(
+        BenchmarkId::new("classify_gender_emotion_int8_t2_by_face", &id),
+        |b| b.iter(|| p2_by_face.classify(black_box(&f), &faces).unwrap()),
     );
     let mut int8_classifiers: Vec<Classifier> = [ClassifierTask::Gender, ClassifierTask::Emotion]
         .into_iter()
@@ -267,29 +278,6 @@ fn bench_stages(c: &mut Criterion) {
             b.iter(|| classifier.run().unwrap())
         });
     }
-    // The reading of "one batched call per model" that the pipeline does not
-    // take: each classifier cuts its chips and runs all faces in one call, on
-    // a core of its own (the pipeline shares the faces between the cores
-    // instead, crate::balance). For comparison with the t2 case above.
-    let cores = Cores::plan(true, 2);
-    group.bench_function(
-        BenchmarkId::new("classify_one_call_per_model_int8_t2", &id),
-        |b| {
-            b.iter(|| {
-                let jobs: Vec<_> = int8_classifiers
-                    .iter_mut()
-                    .map(|classifier| {
-                        let (f, faces) = (&f, &faces);
-                        move || {
-                            classifier.prepare(black_box(f), faces, true).unwrap();
-                            classifier.run().unwrap()
-                        }
-                    })
-                    .collect();
-                side_by_side(jobs, &cores)
-            })
-        },
-    );
     Cores::unpinned().pin_caller();
     let mut haar = pipeline(1, "haar");
     let f = frame(640, 480, 5);

@@ -127,6 +127,42 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// How the enabled classifiers' work on a frame is split among the cores
+/// when they run side by side (`intra_op_threads` of 2 or more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClassifierSplit {
+    /// By model (the default): each classifier takes all faces of the frame
+    /// in one batched ONNX Runtime call, the classifiers spread over the
+    /// cores ([`crate::balance::by_model`]).
+    #[default]
+    Model,
+    /// By face: the faces of all classifiers shared evenly among the cores
+    /// ([`crate::balance::share`]); a classifier whose faces fall on two
+    /// cores runs as two instances of its model, each a batched call.
+    /// Faster when one model costs much more than the others.
+    Face,
+}
+
+impl std::str::FromStr for ClassifierSplit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "model" => Ok(Self::Model),
+            "face" => Ok(Self::Face),
+            other => Err(format!("expected \"model\" or \"face\", got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ClassifierSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Model => "model",
+            Self::Face => "face",
+        })
+    }
+}
+
 /// Temporal smoothing of class probabilities per track.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Smoothing {
@@ -187,6 +223,9 @@ pub struct RawConfig {
     /// cores of their own (the first `intra_op_threads` CPUs the process may
     /// run on); see [`crate::parallel::Cores`].
     pub pin_threads: bool,
+    /// `"model"` (default) or `"face"`: how side-by-side classifiers share
+    /// the cores ([`ClassifierSplit`]).
+    pub classifier_split: String,
     /// Largest accepted frame, in pixels.
     pub max_frame_pixels: i64,
     /// `"int8"` (default) or `"fp32"`: int8 loads the manifest's `<name>_int8`
@@ -216,6 +255,7 @@ impl Default for RawConfig {
             haar_cascade: String::new(),
             intra_op_threads: DEFAULT_INTRA_OP_THREADS,
             pin_threads: true,
+            classifier_split: ClassifierSplit::default().to_string(),
             max_frame_pixels: DEFAULT_MAX_PIXELS as i64,
             precision: Precision::default().to_string(),
         }
@@ -295,6 +335,7 @@ pub struct Config {
     tracker: TrackerConfig,
     models_dir: Option<PathBuf>,
     intra_op_threads: usize,
+    classifier_split: ClassifierSplit,
     precision: Precision,
     frame_limits: FrameLimits,
     raw: RawConfig,
@@ -396,6 +437,10 @@ impl Config {
             1,
             MAX_INTRA_OP_THREADS,
         )? as usize;
+        let classifier_split = raw
+            .classifier_split
+            .parse::<ClassifierSplit>()
+            .map_err(|r| ConfigError::new("classifier_split", r))?;
         let max_pixels = int_in("max_frame_pixels", raw.max_frame_pixels, 1, i64::MAX)? as u64;
         let precision = raw
             .precision
@@ -407,6 +452,7 @@ impl Config {
             tracker,
             models_dir: non_empty_path(&raw.models_dir),
             intra_op_threads,
+            classifier_split,
             precision,
             frame_limits: FrameLimits {
                 max_pixels,
@@ -449,6 +495,11 @@ impl Config {
     /// Precision of the models that have an int8 variant.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// How side-by-side classifiers share the cores.
+    pub fn classifier_split(&self) -> ClassifierSplit {
+        self.classifier_split
     }
 
     /// Whether the pipeline pins its threads to cores of their own.
@@ -623,6 +674,13 @@ mod tests {
                 },
                 "precision",
             ),
+            (
+                RawConfig {
+                    classifier_split: "lane".into(),
+                    ..Default::default()
+                },
+                "classifier_split",
+            ),
         ];
         for (raw, field) in cases {
             let err = Config::from_raw(raw.clone()).unwrap_err();
@@ -641,6 +699,22 @@ mod tests {
             };
             assert_eq!(Config::from_raw(raw).unwrap().precision(), precision);
             assert_eq!(precision.to_string().parse::<Precision>(), Ok(precision));
+        }
+    }
+
+    #[test]
+    fn classifier_split_names() {
+        assert_eq!(Config::default().classifier_split(), ClassifierSplit::Model);
+        for (name, split) in [
+            ("face", ClassifierSplit::Face),
+            (" Model", ClassifierSplit::Model),
+        ] {
+            let raw = RawConfig {
+                classifier_split: name.into(),
+                ..Default::default()
+            };
+            assert_eq!(Config::from_raw(raw).unwrap().classifier_split(), split);
+            assert_eq!(split.to_string().parse::<ClassifierSplit>(), Ok(split));
         }
     }
 

@@ -4,9 +4,10 @@
 //! [`Pipeline::new`] loads every model the configuration needs once (ONNX
 //! Runtime sessions with the configured intra-op threads; a missing or
 //! corrupt model file is an error naming the file). [`Pipeline::process`]
-//! then runs one frame: detection, batched classification (one call per
-//! classifier, or with two or more threads the faces shared evenly among the
-//! cores, [`crate::balance`]), tracking
+//! then runs one frame: detection, batched classification (all faces in one
+//! call per classifier; with two or more threads the classifiers side by
+//! side on the cores, or by choice the faces shared evenly among the cores,
+//! [`crate::balance`]), tracking
 //! and smoothing, rendering on request. [`Pipeline::reconfigure`] applies new
 //! parameters from the next frame on, reloading only the models whose
 //! settings changed.
@@ -31,7 +32,7 @@ use crate::classify::{
     softmax_in_place, AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError,
     FaceChip,
 };
-use crate::config::{Config, DetectorBackend, Precision};
+use crate::config::{ClassifierSplit, Config, DetectorBackend, Precision};
 use crate::detect::blazeface::BlazeFace;
 use crate::detect::byte_input;
 use crate::detect::centerface::CenterFace;
@@ -372,9 +373,10 @@ fn enabled_classifiers(config: &Config) -> usize {
         .count()
 }
 
-/// Whether the enabled classifiers run side by side, one thread each, their
-/// faces shared among the threads ([`crate::balance`]): with two or more of
-/// them and at least two intra-op threads. The classifiers are small (a
+/// Whether the enabled classifiers run side by side, one thread each
+/// ([`crate::balance`]: each on a core of its own, or their faces shared
+/// among the cores, as `classifier_split` says): with two or more of them
+/// and at least two intra-op threads. The classifiers are small (a
 /// batch of five faces takes 1 to 2.5 ms), so a second thread inside one of
 /// them gains less than a second run at the same time on the other core.
 /// (With one classifier, sharing its faces was measured both ways: int8
@@ -408,7 +410,7 @@ fn classifier_cores(config: &Config) -> Cores {
     cores(config).for_runs_of(classifier_threads(config), config.intra_op_threads())
 }
 
-/// Number of side-by-side lanes the classifiers' work is shared among
+/// Number of side-by-side lanes the classifiers' work is split among
 /// ([`crate::balance`]): the intra-op threads divided by each classifier
 /// session's threads when the classifiers run side by side, else one.
 fn classifier_lanes(config: &Config) -> usize {
@@ -419,7 +421,7 @@ fn classifier_lanes(config: &Config) -> usize {
     }
 }
 
-/// Classifies `faces` with each of `jobs`' classifiers, the work shared
+/// Classifies `faces` with each of `jobs`' classifiers, the work split
 /// among the configuration's lanes ([`classify_shared`]), and stores each
 /// result in its task's slot of `into`. A classifier that needs another
 /// instance for it gets one loaded like the first.
@@ -440,6 +442,7 @@ fn classify_into(
         faces,
         config.classifiers().align_faces,
         classifier_lanes(config),
+        config.classifier_split(),
         cores,
         |task| load_classifier(task, config, manifest),
     )?;
@@ -586,6 +589,9 @@ impl Pipeline {
             }
             if let Some(classifier) = slot {
                 classifier.reserve(max_faces);
+                if config.classifier_split() == ClassifierSplit::Model {
+                    classifier.drop_extra_instances();
+                }
             }
         }
         self.manifest = manifest;
@@ -641,9 +647,10 @@ impl Pipeline {
         Ok(self.detector.detect(frame, self.config.detector())?)
     }
 
-    /// Classification of given faces only (no tracking or smoothing):
-    /// batched calls of the enabled classifiers, shared among the cores
-    /// when they run side by side ([`crate::balance`]).
+    /// Classification of given faces only (no tracking or smoothing): one
+    /// batched call per enabled classifier, side by side on the cores when
+    /// there are two or more threads (or the faces shared among the cores
+    /// with `classifier_split` "face", [`crate::balance`]).
     pub fn classify(
         &mut self,
         frame: &Frame,

@@ -311,22 +311,26 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
     let frame = photo("group.jpg");
-    // One thread: one batched call per model, all faces in it. Two: the
-    // faces may be shared between the two cores (crate::balance), as two
-    // batched calls of one model; the results must not change either way.
+    // One thread, or two with the default classifier_split "model": one
+    // batched call per model, all faces in it (on two threads the models
+    // side by side). Two threads with "face": the faces may be shared
+    // between the two cores (crate::balance), as two batched calls of one
+    // model. The results must not change either way.
     let mut one_face_at_a_time = pipeline(RawConfig {
         detector: "centerface".into(),
         enable_age: true,
         intra_op_threads: 1,
         ..RawConfig::default()
     });
-    for threads in [1, 2] {
+    for (threads, split) in [(1, "model"), (2, "model"), (2, "face")] {
+        let shared = threads == 2 && split == "face";
         // CenterFace at full size finds all three faces (BlazeFace only the largest).
         let mut p = pipeline(RawConfig {
             detector: "centerface".into(),
             detection_max_side: 640,
             enable_age: true,
             intra_op_threads: threads,
+            classifier_split: split.into(),
             ..RawConfig::default()
         });
         let faces = p.detect(&frame).unwrap();
@@ -343,9 +347,15 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
             .into_iter()
             .map(|task| p.classifier_instances(task))
             .sum();
-            // Three classifiers on two cores: one of them is split.
-            assert_eq!(instances > 3, threads == 2, "{instances} instances");
-            if threads == 1 {
+            // Three classifiers on two cores, shared by face: one of them
+            // is split. Otherwise each model is one instance, its batch
+            // every face of the frame.
+            assert_eq!(
+                instances > 3,
+                shared,
+                "{threads} threads, {split}: {instances} instances"
+            );
+            if !shared {
                 for task in [
                     ClassifierTask::Gender,
                     ClassifierTask::Emotion,
@@ -354,7 +364,7 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
                     assert_eq!(
                         p.classifier(task).unwrap().last_batch().shape()[0],
                         3,
-                        "{task:?}"
+                        "{threads} threads, {split}: {task:?}"
                     );
                 }
             }
@@ -372,7 +382,7 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
                     // Tolerance 1e-4: batching may change the kernel's summation order.
                     assert!(
                         diff < 1e-4,
-                        "{threads} threads, face {i}: batched and single differ by {diff}"
+                        "{threads} threads, {split}, face {i}: batched and single differ by {diff}"
                     );
                 }
             }
@@ -383,8 +393,9 @@ fn group_photo_is_classified_in_one_batch_equal_to_one_face_at_a_time() {
 #[test]
 fn classifiers_side_by_side_equal_one_after_the_other() {
     // With 2 intra-op threads the classifiers run side by side, one thread
-    // each, their faces shared between the threads (crate::balance); with 1
-    // thread one after the other. Same faces, same
+    // each (crate::balance: by default each model on a core with all faces;
+    // with classifier_split "face" their faces shared between the threads);
+    // with 1 thread one after the other. Same faces, same
     // probabilities for every classifier, also when one of them is explained
     // (its gradient graph runs first, the others side by side after it) and
     // when both are explained (their gradient graphs' faces shared between
@@ -392,15 +403,25 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
     // Tolerance 1e-5: the sessions' thread counts differ, which may change
     // a kernel's summation order.
     let frame = photo("group.jpg");
-    let raw = |threads| RawConfig {
+    let raw = |threads, split: &str| RawConfig {
         detector: "centerface".into(),
         detection_max_side: 640,
         enable_age: true,
         intra_op_threads: threads,
+        classifier_split: split.into(),
         ..RawConfig::default()
     };
-    let mut sequential = pipeline(raw(1));
-    let mut side_by_side = pipeline(raw(2));
+    for split in ["model", "face"] {
+        sequential_and_side_by_side_agree(pipeline(raw(1, split)), pipeline(raw(2, split)), &frame);
+    }
+}
+
+fn sequential_and_side_by_side_agree(
+    mut sequential: Pipeline,
+    mut side_by_side: Pipeline,
+    frame: &Frame,
+) {
+    let split = side_by_side.config().classifier_split();
     let explain_gender = FrameRequest {
         explain: Some(Explain {
             method: SaliencyMethod::Guided,
@@ -422,8 +443,8 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
         request(false, ClassifierTask::Emotion),
     ];
     for request in requests.iter().flat_map(|r| [r, r]) {
-        let a = sequential.process(&frame, request).unwrap();
-        let b = side_by_side.process(&frame, request).unwrap();
+        let a = sequential.process(frame, request).unwrap();
+        let b = side_by_side.process(frame, request).unwrap();
         if let (Some(x), Some(y)) = (&a.saliency, &b.saliency) {
             assert_eq!(x.batch, y.batch);
             assert_eq!(x.chips.len(), 3);
@@ -445,7 +466,11 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
                 .map(|(p, q)| p.abs_diff(*q))
                 .max()
                 .unwrap_or(0);
-            assert!(worst <= 1, "{:?} overlays differ by {worst}", x.task);
+            assert!(
+                worst <= 1,
+                "{split}: {:?} overlays differ by {worst}",
+                x.task
+            );
         }
         assert_eq!(a.faces.len(), 3);
         assert_eq!(a.faces.len(), b.faces.len());
@@ -457,12 +482,12 @@ fn classifiers_side_by_side_equal_one_after_the_other() {
             ] {
                 let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
                 let diff = max_abs_diff(&x.probabilities, &y.probabilities);
-                assert!(diff < 1e-5, "face {i} {task}: differs by {diff}");
+                assert!(diff < 1e-5, "{split}: face {i} {task}: differs by {diff}");
             }
             let (x, y) = (fa.age.as_ref().unwrap(), fb.age.as_ref().unwrap());
             assert!(
                 (x.years - y.years).abs() < 1e-3,
-                "face {i} age: {} and {}",
+                "{split}: face {i} age: {} and {}",
                 x.years,
                 y.years
             );
@@ -529,7 +554,7 @@ fn explained_classifiers_report_the_probabilities_of_the_plain_run() {
     // (the scores were measured to agree within 4.3e-6 on the golden
     // inputs). At int8 the classifier runs as usual and the fp32 graph
     // explains its top class (tests/core_int8.rs). Both at the default 2
-    // threads, where the faces are shared between the cores.
+    // threads, where the classifiers run side by side.
     for precision in ["fp32", "int8"] {
         explained_labels_are_the_plain_run_at(precision);
     }

@@ -112,6 +112,12 @@ struct AnalyzeArgs {
     /// main thread and ONNX Runtime's workers to cores of their own.
     #[arg(long)]
     no_pin_threads: bool,
+    /// With 2 or more threads, how the classifiers share the cores: model
+    /// (default; each classifier all faces in one batched call, side by
+    /// side) or face (the faces shared evenly; a model may run as two
+    /// batched calls on two instances).
+    #[arg(long, value_name = "model|face")]
+    classifier_split: Option<String>,
     /// Model precision: int8 (default; int8 CenterFace and gender, partly
     /// int8 emotion; faster on CPUs with VNNI, see models/README.md;
     /// saliency explains the fp32 models at int8's top class) or fp32.
@@ -184,6 +190,9 @@ fn raw_config(args: &AnalyzeArgs) -> Result<RawConfig> {
         raw.intra_op_threads = v;
     }
     raw.pin_threads &= !args.no_pin_threads;
+    if let Some(v) = &args.classifier_split {
+        raw.classifier_split.clone_from(v);
+    }
     if let Some(v) = &args.precision {
         raw.precision.clone_from(v);
     }
