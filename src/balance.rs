@@ -1,17 +1,26 @@
-//! Sharing a frame's classification work evenly among side-by-side lanes.
+//! Splitting a frame's classification work among side-by-side lanes.
 //!
-//! With two cores and two classifiers, running each classifier on its own
-//! core leaves one core idle while the slower one finishes: int8 gender for
-//! five faces takes about 1.0 ms with its chips, partly int8 emotion 1.6 ms.
-//! Both classifiers cost about the same per face whatever the batch size
-//! (int8 emotion 0.29 ms for one face, 1.52 ms for five, in ONNX Runtime at
-//! one thread), so the work can be cut at a face instead of at a classifier:
-//! the faces of every classifier, one after the other, are cut into one
-//! contiguous stretch per lane of about equal estimated time ([`share`]).
-//! A classifier whose faces fall into two lanes runs as two instances
-//! (sessions of the same model) at the same time; [`Replicas`] keeps them,
-//! made when a cut first needs them, and learns each classifier's time per
-//! face from the frames it runs.
+//! With two cores and two classifiers, the pipeline runs the classifiers
+//! side by side, one ONNX Runtime thread each, in one of two ways
+//! (`classifier_split`):
+//!
+//! - by model ([`by_model`], the default): each classifier takes every face
+//!   of the frame in one batched call, the classifiers spread over the
+//!   lanes, the longest lane on the calling thread. For 5 faces, int8
+//!   emotion (about 1.35 ms with its chips) is then the critical path while
+//!   gender (about 0.85 ms) leaves its core idle for the rest.
+//! - by face ([`share`]): both classifiers cost about the same per face
+//!   whatever the batch size (int8 emotion 0.29 ms for one face, 1.52 ms
+//!   for five, in ONNX Runtime at one thread, before its stem was widened),
+//!   so the work can be cut at a face instead of at a classifier: the faces
+//!   of every classifier, one after the other, are cut into one contiguous
+//!   stretch per lane of about equal estimated time. A classifier whose
+//!   faces fall into two lanes runs as two instances (sessions of the same
+//!   model) at the same time, each a batched call; [`Replicas`] keeps them,
+//!   made when a cut first needs them. About 0.2 ms faster for 5 faces.
+//!
+//! Either way each classifier's time per face is learned from the frames
+//! it runs.
 
 use crate::classify::{Classification, Classifier, ClassifierTask, ClassifyError, FaceChip};
 use crate::config::ClassifierSplit;
