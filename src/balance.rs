@@ -258,7 +258,7 @@ pub struct Replicas {
     instances: Vec<Classifier>,
     /// Time per face (chip cutting and inference).
     time_per_face: TimePerFace,
-    /// How many instances hold faces of the last [`classify_shared`] call
+    /// How many instances hold faces of the last [`classify_side_by_side`] call
     /// (instance `i` the `i`-th stretch in face order); 0 when the
     /// classifier proper was prepared directly.
     last_parts: usize,
@@ -280,7 +280,7 @@ impl Replicas {
     }
 
     /// The classifier proper, mutably. A call that prepares it directly
-    /// (rather than through [`classify_shared`]) makes it the holder of the
+    /// (rather than through [`classify_side_by_side`]) makes it the holder of the
     /// last batch.
     pub fn main_mut(&mut self) -> &mut Classifier {
         self.last_parts = 0;
@@ -360,7 +360,7 @@ impl Replicas {
 /// instances are made with `new_instance` first. Results per classifier,
 /// in the order of `classifiers`, faces in order.
 #[allow(clippy::too_many_arguments)]
-pub fn classify_shared<E: From<ClassifyError>>(
+pub fn classify_side_by_side<E: From<ClassifyError>>(
     classifiers: &mut [&mut Replicas],
     frame: &Frame,
     faces: &[Detection],

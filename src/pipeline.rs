@@ -27,7 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::balance::{classify_shared, Replicas};
+use crate::balance::{classify_side_by_side, Replicas};
 use crate::classify::{
     softmax_in_place, AgeEstimate, Classification, Classifier, ClassifierTask, ClassifyError,
     FaceChip,
@@ -422,7 +422,7 @@ fn classifier_lanes(config: &Config) -> usize {
 }
 
 /// Classifies `faces` with each of `jobs`' classifiers, the work split
-/// among the configuration's lanes ([`classify_shared`]), and stores each
+/// among the configuration's lanes ([`classify_side_by_side`]), and stores each
 /// result in its task's slot of `into`. A classifier that needs another
 /// instance for it gets one loaded like the first.
 #[allow(clippy::too_many_arguments)]
@@ -436,7 +436,7 @@ fn classify_into(
     cores: &Cores,
 ) -> Result<(), PipelineError> {
     let (tasks, mut classifiers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
-    let results = classify_shared(
+    let results = classify_side_by_side(
         &mut classifiers,
         frame,
         faces,

@@ -114,7 +114,8 @@ EMOTION_WIDENED = [
     ("separable_conv2d_1", 1),
     ("conv2d_3", 1),
 ]
-EMOTION_WIDTH = 16
+# ONNX Runtime's NCHWc block on AVX-512: the channel count the widened tensors get.
+NCHWC_BLOCK = 16
 # (source file, output file, input name, nodes to quantise: None for all but
 # Softmax, average pools rewritten as depthwise convolutions first, float
 # convs widened afterwards)
@@ -299,7 +300,7 @@ def quantise(src: Path, dst: Path, input_name: str, inputs: list[np.ndarray], wo
         nodes_to_exclude=softmax, calibrate_method=CalibrationMethod.MinMax,
     )
     if widened:
-        onnx.save(widen_to_block(onnx.load(dst), widened, EMOTION_WIDTH), dst)
+        onnx.save(widen_to_block(onnx.load(dst), widened, NCHWC_BLOCK), dst)
 
 
 def main() -> None:
